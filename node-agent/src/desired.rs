@@ -1,0 +1,174 @@
+//! The planner's output: the kernel and host state Trellis owns on one node.
+//!
+//! The same types describe what the kernel has now ([`crate::kernel::KernelState`] is read
+//! back into them), so the diff is a comparison of two values of one shape.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use trellis_api::EncapMode;
+
+use crate::vtep::MacAddr;
+
+/// Routing protocol number stamped on every route Trellis installs (`ip route ... proto 0x54`,
+/// shown by iproute2 as `proto 84`). Anything carrying it that is not desired is swept;
+/// nothing without it is ever touched.
+pub const ROUTE_PROTOCOL: u8 = 0x54;
+
+/// Name of the kernel's IPIP fallback device, created in every namespace by the `ipip` module.
+pub const IPIP_DEVICE: &str = "tunl0";
+
+/// Encapsulation overheads in bytes (IPv4 outer header; VXLAN adds UDP + VXLAN + inner Ethernet).
+pub const IPIP_OVERHEAD: u32 = 20;
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// What Trellis wants this node to look like.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredState {
+    /// Effective pod MTU (also the tunnel devices' MTU).
+    pub mtu: u32,
+    /// `tunl0` configuration when any IPIP pool is in use on this node.
+    pub ipip: Option<IpipTunnel>,
+    /// The VXLAN device when any VXLAN pool is in use on this node.
+    pub vxlan: Option<VxlanTunnel>,
+    /// Routes to install (all with [`ROUTE_PROTOCOL`], table main), keyed by destination:
+    /// one route per destination.
+    pub routes: BTreeMap<IpNet, Route>,
+    /// Permanent neighbour entries on the VXLAN device (peer tunnel IP -> peer VTEP MAC).
+    pub neighbours: Vec<Neighbour>,
+    /// Permanent FDB entries on the VXLAN device (peer VTEP MAC -> peer node IP).
+    pub fdb: Vec<FdbEntry>,
+    /// NAT-outgoing rules (the nftables table's content).
+    pub nat: NatPlan,
+    /// The CNI conflist to write.
+    pub cni: CniConfig,
+    /// Sysctls the data plane needs (forwarding, rp_filter on tunnels).
+    pub sysctls: Vec<Sysctl>,
+    /// Per-pool outcome: what the pool does on this node, or why it cannot.
+    pub pools: Vec<PoolPlan>,
+}
+
+/// `tunl0`: the kernel's fallback IPIP device, adopted rather than created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpipTunnel {
+    pub mtu: u32,
+    /// /32 tunnel address (source of host-originated traffic to remote pods).
+    pub address: Option<Ipv4Addr>,
+}
+
+/// The single VXLAN device (learning off; neighbours and FDB are programmed per peer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VxlanTunnel {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub mac: MacAddr,
+    /// Outer source address (the node address).
+    pub local: IpAddr,
+    /// Underlay device the outer packets leave through.
+    pub uplink: String,
+    pub mtu: u32,
+    /// Tunnel address, installed as a host route (/32 or /128).
+    pub address: Option<IpAddr>,
+}
+
+/// One route Trellis owns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    pub dst: IpNet,
+    pub kind: RouteKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum RouteKind {
+    /// `<dst> via <gateway> dev <dev> [onlink]`.
+    Unicast { gateway: IpAddr, dev: String, onlink: bool },
+    /// `blackhole <dst>`: the node's own blocks, so traffic to unallocated pod IPs dies here
+    /// instead of bouncing back to the default route.
+    Blackhole,
+}
+
+/// A permanent neighbour entry: `ip neigh replace <ip> lladdr <mac> dev <dev> nud permanent`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Neighbour {
+    pub dev: String,
+    pub ip: IpAddr,
+    pub mac: MacAddr,
+}
+
+/// A permanent FDB entry: `bridge fdb replace <mac> dev <dev> dst <dst> self permanent`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FdbEntry {
+    pub dev: String,
+    pub mac: MacAddr,
+    pub dst: IpAddr,
+}
+
+/// Content of Trellis' nftables table. Empty `nat_sources` means no table at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NatPlan {
+    /// CIDRs of enabled pools with natOutgoing: their traffic leaving the pools is masqueraded.
+    pub nat_sources: Vec<IpNet>,
+    /// CIDRs of all pools (enabled or not): destinations that are never masqueraded.
+    pub all_pools: Vec<IpNet>,
+}
+
+/// The CNI configuration list, as JSON, and where it goes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniConfig {
+    pub path: std::path::PathBuf,
+    pub conflist: serde_json::Value,
+}
+
+/// A sysctl the agent owns, e.g. `net.ipv4.ip_forward = 1`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sysctl {
+    pub key: String,
+    pub value: String,
+}
+
+/// The outcome for one pool on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolPlan {
+    pub name: String,
+    pub encapsulation: Encapsulation,
+    /// Why this pool is not (fully) programmed, in words a human understands.
+    pub error: Option<String>,
+}
+
+/// The effective encapsulation of a pool (ipipMode and vxlanMode folded into one value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encapsulation {
+    None,
+    Ipip(EncapMode),
+    Vxlan(EncapMode),
+    /// The pool is disabled: no routes to its blocks, no NAT for it.
+    Disabled,
+}
+
+/// What the running kernel can do; the planner refuses pools that need what it cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    pub ipip: bool,
+    pub vxlan: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self { ipip: true, vxlan: true }
+    }
+}
