@@ -1,0 +1,44 @@
+# Trellis: build and test. `make test` runs everything (as root on Debian 12, see README).
+#
+# Test layers (each test says which one it needs):
+#   pure    `cargo test` as any user: planner, diff, defaults, rendering.
+#   root    #[ignore = "root: ..."] tests: network namespaces, netlink, nftables, the real API
+#           server (kube-apiserver-lite, started here; its KUBECONFIG is exported).
+#   vm      tests named `vm_*` (#[ignore]): kernel features the host lacks (ipip), run inside
+#           a throw-away VM with a full Debian kernel (e2e/testbed/kernel-vm).
+SHELL := /bin/bash
+KAPI := $(CURDIR)/e2e/testbed/kube-apiserver-lite
+KVM := $(CURDIR)/e2e/testbed/kernel-vm
+CARGO ?= cargo
+export KAPI_STATE ?= /tmp/trellis-kapi
+
+.PHONY: all build test lint test-pure test-root test-vm crds apiserver-start apiserver-stop clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+crds:
+	$(CARGO) run -q -p trellis-api --bin crdgen -- crds/yaml
+
+test: lint test-pure test-root test-vm
+
+test-pure:
+	$(CARGO) test --workspace
+
+test-root: build
+	@[ "$$(id -u)" = 0 ] || { echo "test-root needs root (network namespaces, netlink)"; exit 1; }
+	export KUBECONFIG=$$($(KAPI) start) && \
+	  $(CARGO) test --workspace -- --ignored --skip vm_ ; rc=$$?; $(KAPI) stop; exit $$rc
+
+test-vm: build
+	@[ "$$(id -u)" = 0 ] || { echo "test-vm needs root"; exit 1; }
+	$(CURDIR)/e2e/testbed/run-vm-tests
+
+clean:
+	$(CARGO) clean
