@@ -145,6 +145,9 @@ pub struct Sysctl {
 pub struct PoolPlan {
     pub name: String,
     pub encapsulation: Encapsulation,
+    /// Calico semantics: a disabled pool gets no new allocations (its blocks leave the CNI
+    /// IPAM ranges) but existing blocks stay routed so running pods keep working.
+    pub disabled: bool,
     /// Why this pool is not (fully) programmed, in words a human understands.
     pub error: Option<String>,
 }
@@ -155,8 +158,6 @@ pub enum Encapsulation {
     None,
     Ipip(EncapMode),
     Vxlan(EncapMode),
-    /// The pool is disabled: no routes to its blocks, no NAT for it.
-    Disabled,
 }
 
 /// What the running kernel can do; the planner refuses pools that need what it cannot.
