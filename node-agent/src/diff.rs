@@ -1,1 +1,344 @@
-//! TODO(diff)
+//! The diff: what to do to turn the kernel's current state into the desired one. Pure.
+//!
+//! Design: one function, [`diff`], compares two values of the same shape and returns typed
+//! [`Change`]s in an order that never breaks traffic that should keep flowing:
+//!
+//! 1. devices (create, MTU/MAC/up), 2. addresses, 3. neighbours + FDB, 4. routes (replace,
+//!    never delete-then-add), then removals in reverse: 5. stale routes, 6. stale neighbours/FDB,
+//!    7. stale addresses, 8. devices.
+//!
+//! So a peer's neighbour and FDB entries always exist before its route points at them, and its
+//! route goes before them on removal. VXLAN parameters the kernel cannot change in place (VNI,
+//! port, local address, underlay link, learning) mean delete + recreate, flagged disruptive;
+//! everything that was on the old device (its neighbours, FDB, addresses, routes) is planned
+//! again on the new one. `tunl0` is the kernel's fallback device and cannot be deleted:
+//! "removing" it drops its addresses and sets it down. Equal states give an empty diff.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::desired::{DesiredState, FdbEntry, IPIP_DEVICE, Neighbour, Route, RouteKind, VxlanTunnel};
+use crate::kernel::{KernelState, VxlanDevice};
+use crate::vtep::MacAddr;
+
+/// One kernel operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "op")]
+pub enum Change {
+    /// Create the VXLAN device (learning off, MTU, MAC) and set it up.
+    CreateVxlan(VxlanTunnel),
+    /// Delete the VXLAN device (and with it everything on it).
+    DeleteVxlan {
+        name: String,
+        reason: String,
+    },
+    /// Make sure `tunl0` exists (loads `ipip` / adopts the fallback device).
+    EnsureTunl0,
+    /// Change attributes of an existing link; `None` leaves one alone.
+    SetLink {
+        dev: String,
+        mtu: Option<u32>,
+        mac: Option<MacAddr>,
+        up: Option<bool>,
+    },
+    AddAddress {
+        dev: String,
+        address: IpNet,
+    },
+    DelAddress {
+        dev: String,
+        address: IpNet,
+    },
+    /// A neighbour for an IP that has none (a new peer); rolled back if its route fails.
+    AddNeighbour(Neighbour),
+    /// A neighbour whose MAC changes.
+    UpdateNeighbour(Neighbour),
+    DelNeighbour(Neighbour),
+    AddFdb(FdbEntry),
+    UpdateFdb(FdbEntry),
+    DelFdb(FdbEntry),
+    /// A route to a destination we have no route to.
+    AddRoute(Route),
+    /// A route to the same destination that changes (atomic replace).
+    UpdateRoute(Route),
+    DelRoute(Route),
+}
+
+impl Change {
+    /// Short kind for counting: object and `+` (add), `~` (change) or `-` (remove).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::CreateVxlan(_) | Change::EnsureTunl0 => "link+",
+            Change::SetLink { .. } => "link~",
+            Change::DeleteVxlan { .. } => "link-",
+            Change::AddAddress { .. } => "address+",
+            Change::DelAddress { .. } => "address-",
+            Change::AddNeighbour(_) => "neighbour+",
+            Change::UpdateNeighbour(_) => "neighbour~",
+            Change::DelNeighbour(_) => "neighbour-",
+            Change::AddFdb(_) => "fdb+",
+            Change::UpdateFdb(_) => "fdb~",
+            Change::DelFdb(_) => "fdb-",
+            Change::AddRoute(_) => "route+",
+            Change::UpdateRoute(_) => "route~",
+            Change::DelRoute(_) => "route-",
+        }
+    }
+
+    /// Whether the change interrupts traffic (a device is deleted).
+    pub fn is_disruptive(&self) -> bool {
+        matches!(self, Change::DeleteVxlan { .. })
+    }
+}
+
+impl fmt::Display for Change {
+    /// iproute2-like rendering, for logs and the `plan` output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::CreateVxlan(t) => write!(
+                f,
+                "link add {} type vxlan id {} dstport {} local {} dev {} nolearning address {} mtu {} up",
+                t.name, t.vni, t.port, t.local, t.uplink, t.mac, t.mtu
+            ),
+            Change::DeleteVxlan { name, reason } => write!(f, "link del {name} ({reason})"),
+            Change::EnsureTunl0 => write!(f, "link adopt {IPIP_DEVICE} (modprobe ipip)"),
+            Change::SetLink { dev, mtu, mac, up } => {
+                write!(f, "link set {dev}")?;
+                if let Some(mtu) = mtu {
+                    write!(f, " mtu {mtu}")?;
+                }
+                if let Some(mac) = mac {
+                    write!(f, " address {mac}")?;
+                }
+                match up {
+                    Some(true) => write!(f, " up"),
+                    Some(false) => write!(f, " down"),
+                    None => Ok(()),
+                }
+            }
+            Change::AddAddress { dev, address } => write!(f, "addr add {address} dev {dev}"),
+            Change::DelAddress { dev, address } => write!(f, "addr del {address} dev {dev}"),
+            Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => {
+                write!(f, "neigh replace {} lladdr {} dev {} nud permanent", n.ip, n.mac, n.dev)
+            }
+            Change::DelNeighbour(n) => write!(f, "neigh del {} dev {}", n.ip, n.dev),
+            Change::AddFdb(e) | Change::UpdateFdb(e) => {
+                write!(f, "fdb replace {} dev {} dst {} self permanent", e.mac, e.dev, e.dst)
+            }
+            Change::DelFdb(e) => write!(f, "fdb del {} dev {} dst {} self", e.mac, e.dev, e.dst),
+            Change::AddRoute(r) | Change::UpdateRoute(r) => write!(f, "route replace {}", RouteDisplay(r)),
+            Change::DelRoute(r) => write!(f, "route del {}", RouteDisplay(r)),
+        }
+    }
+}
+
+struct RouteDisplay<'a>(&'a Route);
+
+impl fmt::Display for RouteDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.kind {
+            RouteKind::Blackhole => write!(f, "blackhole {} proto 84", self.0.dst),
+            RouteKind::Unicast { gateway, dev, onlink } => {
+                write!(f, "{} via {gateway} dev {dev}{} proto 84", self.0.dst, if *onlink { " onlink" } else { "" })
+            }
+        }
+    }
+}
+
+/// A tunnel address as the device carries it: a host prefix.
+pub fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// Why an existing VXLAN device cannot be kept, if it cannot.
+fn recreate_reason(current: &VxlanDevice, desired: &VxlanTunnel) -> Option<String> {
+    let mut reasons = Vec::new();
+    if current.vni != desired.vni {
+        reasons.push(format!("vni {} -> {}", current.vni, desired.vni));
+    }
+    if current.port != desired.port {
+        reasons.push(format!("port {} -> {}", current.port, desired.port));
+    }
+    if current.local != Some(desired.local) {
+        reasons.push(format!("local {:?} -> {}", current.local, desired.local));
+    }
+    if current.uplink.as_deref() != Some(desired.uplink.as_str()) {
+        reasons.push(format!("dev {:?} -> {}", current.uplink, desired.uplink));
+    }
+    if current.learning {
+        reasons.push("learning on -> off".to_string());
+    }
+    (!reasons.is_empty()).then(|| format!("recreate: {}", reasons.join(", ")))
+}
+
+/// The ordered changes that turn `current` into `desired` (see the module comment).
+pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
+    let mut current = current.clone();
+    let mut devices = Vec::new();
+    let mut device_removals = Vec::new();
+
+    // 1. Devices. A recreated VXLAN device loses everything on it: forget it from `current`
+    // so the phases below plan it again.
+    match (current.vxlan.clone(), &desired.vxlan) {
+        (Some(cur), Some(want)) => {
+            if let Some(reason) = recreate_reason(&cur, want) {
+                devices.push(Change::DeleteVxlan { name: cur.name.clone(), reason });
+                devices.push(Change::CreateVxlan(want.clone()));
+                forget_device(&mut current, &cur.name);
+            } else {
+                let set = Change::SetLink {
+                    dev: cur.name.clone(),
+                    mtu: (cur.mtu != want.mtu).then_some(want.mtu),
+                    mac: (cur.mac != want.mac).then_some(want.mac),
+                    up: (!cur.up).then_some(true),
+                };
+                if set != (Change::SetLink { dev: cur.name.clone(), mtu: None, mac: None, up: None }) {
+                    devices.push(set);
+                }
+            }
+        }
+        (None, Some(want)) => devices.push(Change::CreateVxlan(want.clone())),
+        (Some(cur), None) => {
+            device_removals.push(Change::DeleteVxlan { name: cur.name.clone(), reason: "no VXLAN pool".to_string() });
+        }
+        (None, None) => {}
+    }
+    match (&current.ipip, &desired.ipip) {
+        (Some(cur), Some(want)) if cur.mtu != want.mtu || !cur.up => {
+            devices.push(Change::SetLink {
+                dev: IPIP_DEVICE.to_string(),
+                mtu: (cur.mtu != want.mtu).then_some(want.mtu),
+                mac: None,
+                up: (!cur.up).then_some(true),
+            });
+        }
+        (None, Some(want)) => {
+            devices.push(Change::EnsureTunl0);
+            devices.push(Change::SetLink {
+                dev: IPIP_DEVICE.to_string(),
+                mtu: Some(want.mtu),
+                mac: None,
+                up: Some(true),
+            });
+        }
+        (Some(cur), None) if cur.up => {
+            device_removals.push(Change::SetLink {
+                dev: IPIP_DEVICE.to_string(),
+                mtu: None,
+                mac: None,
+                up: Some(false),
+            });
+        }
+        _ => {}
+    }
+    let deleted_vxlan: Option<String> = match (&current.vxlan, &desired.vxlan) {
+        (Some(cur), None) => Some(cur.name.clone()),
+        _ => None,
+    };
+
+    // 2./7. Addresses of the devices we own.
+    let mut addresses = Vec::new();
+    let mut address_removals = Vec::new();
+    let want_vxlan: BTreeSet<IpNet> = desired.vxlan.iter().filter_map(|t| t.address).map(host_net).collect();
+    let have_vxlan: BTreeSet<IpNet> = current.vxlan.iter().flat_map(|v| v.addresses.iter().copied()).collect();
+    if let Some(want) = &desired.vxlan {
+        for address in want_vxlan.difference(&have_vxlan) {
+            addresses.push(Change::AddAddress { dev: want.name.clone(), address: *address });
+        }
+        if current.vxlan.is_some() {
+            for address in have_vxlan.difference(&want_vxlan) {
+                address_removals.push(Change::DelAddress { dev: want.name.clone(), address: *address });
+            }
+        }
+    }
+    let want_ipip: BTreeSet<IpNet> =
+        desired.ipip.iter().filter_map(|t| t.address).map(|a| host_net(a.into())).collect();
+    let have_ipip: BTreeSet<IpNet> = current.ipip.iter().flat_map(|t| t.addresses.iter().copied()).collect();
+    if desired.ipip.is_some() {
+        for address in want_ipip.difference(&have_ipip) {
+            addresses.push(Change::AddAddress { dev: IPIP_DEVICE.to_string(), address: *address });
+        }
+    }
+    for address in have_ipip.difference(&want_ipip) {
+        address_removals.push(Change::DelAddress { dev: IPIP_DEVICE.to_string(), address: *address });
+    }
+
+    // 3./6. Neighbours (keyed by device + IP) and FDB entries (device + MAC; a MAC may have
+    // several remotes in the kernel, we want exactly one).
+    let mut peers = Vec::new();
+    let mut peer_removals = Vec::new();
+    let have_neigh: BTreeMap<(&str, IpAddr), &Neighbour> =
+        current.neighbours.iter().map(|n| ((n.dev.as_str(), n.ip), n)).collect();
+    let want_neigh: BTreeMap<(&str, IpAddr), &Neighbour> =
+        desired.neighbours.iter().map(|n| ((n.dev.as_str(), n.ip), n)).collect();
+    for (key, want) in &want_neigh {
+        match have_neigh.get(key) {
+            None => peers.push(Change::AddNeighbour((*want).clone())),
+            Some(have) if have.mac != want.mac => peers.push(Change::UpdateNeighbour((*want).clone())),
+            Some(_) => {}
+        }
+    }
+    for (key, have) in &have_neigh {
+        if !want_neigh.contains_key(key) && deleted_vxlan.as_deref() != Some(key.0) {
+            peer_removals.push(Change::DelNeighbour((*have).clone()));
+        }
+    }
+    let want_fdb: BTreeSet<&FdbEntry> = desired.fdb.iter().collect();
+    let have_fdb: BTreeSet<&FdbEntry> = current.fdb.iter().collect();
+    for want in &want_fdb {
+        if have_fdb.contains(want) {
+            continue;
+        }
+        let mac_known = current.fdb.iter().any(|h| h.dev == want.dev && h.mac == want.mac);
+        peers.push(if mac_known { Change::UpdateFdb((*want).clone()) } else { Change::AddFdb((*want).clone()) });
+    }
+    for have in &have_fdb {
+        if !want_fdb.contains(have) && deleted_vxlan.as_deref() != Some(have.dev.as_str()) {
+            peer_removals.push(Change::DelFdb((*have).clone()));
+        }
+    }
+
+    // 4./5. Routes: one per destination, replaced in place.
+    let mut routes = Vec::new();
+    let mut route_removals = Vec::new();
+    for (dst, want) in &desired.routes {
+        match current.routes.get(dst) {
+            None => routes.push(Change::AddRoute(want.clone())),
+            Some(have) if have != want => routes.push(Change::UpdateRoute(want.clone())),
+            Some(_) => {}
+        }
+    }
+    for (dst, have) in &current.routes {
+        if !desired.routes.contains_key(dst) {
+            route_removals.push(Change::DelRoute(have.clone()));
+        }
+    }
+
+    let mut changes = devices;
+    changes.extend(addresses);
+    changes.extend(peers);
+    changes.extend(routes);
+    changes.extend(route_removals);
+    changes.extend(peer_removals);
+    changes.extend(address_removals.into_iter().filter(|c| match c {
+        Change::DelAddress { dev, .. } => deleted_vxlan.as_deref() != Some(dev.as_str()),
+        _ => true,
+    }));
+    changes.extend(device_removals);
+    changes
+}
+
+/// Drops everything the kernel removes together with a device.
+fn forget_device(state: &mut KernelState, dev: &str) {
+    state.vxlan = None;
+    state.neighbours.retain(|n| n.dev != dev);
+    state.fdb.retain(|f| f.dev != dev);
+    state.routes.retain(|_, r| !matches!(&r.kind, RouteKind::Unicast { dev: d, .. } if d == dev));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,453 @@
+//! The kernel layer: the part of the host's network stack Trellis owns, behind one trait.
+//!
+//! Design: [`KernelState`] is what Trellis owns *now*, read back in the same shapes the planner
+//! produces ([`crate::desired`]): `tunl0`, the one VXLAN device (by name), routes in table main
+//! carrying [`crate::desired::ROUTE_PROTOCOL`], and the permanent neighbour/FDB entries on the
+//! VXLAN device. Nothing else is ever read or touched, so foreign routes, links and neighbours
+//! are safe by construction. The pure [`crate::diff`] turns (current, desired) into ordered
+//! [`Change`]s; [`Kernel::apply_one`] executes one of them and [`apply`] runs a batch the
+//! netavark way (independent changes keep going, failures are aggregated) and rolls back a
+//! half-added peer (neighbour/FDB added but its route refused).
+//!
+//! The only implementation, [`netlink::NetlinkKernel`], wraps rtnetlink (pinned) in one file so a
+//! bump touches nothing else. It acts on the network namespace of the thread that created it.
+
+pub mod caps;
+pub mod netlink;
+pub mod sysctl;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::desired::{Capabilities, FdbEntry, Neighbour, Route, RouteKind};
+pub use crate::diff::Change;
+use crate::vtep::MacAddr;
+pub use netlink::NetlinkKernel;
+
+/// The kernel state Trellis owns, as read back from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelState {
+    /// `tunl0`, when the kernel has it (the `ipip` module is loaded).
+    pub ipip: Option<IpipDevice>,
+    /// The VXLAN device with the name asked for, when it exists.
+    pub vxlan: Option<VxlanDevice>,
+    /// Routes in table main with [`crate::desired::ROUTE_PROTOCOL`], by destination.
+    pub routes: BTreeMap<IpNet, Route>,
+    /// Permanent neighbour entries on the VXLAN device (sorted).
+    pub neighbours: Vec<Neighbour>,
+    /// Permanent FDB entries with a remote on the VXLAN device (sorted).
+    pub fdb: Vec<FdbEntry>,
+}
+
+/// `tunl0` as the kernel has it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpipDevice {
+    pub mtu: u32,
+    pub up: bool,
+    /// Addresses except IPv6 link-local ones (the kernel adds those by itself).
+    pub addresses: Vec<IpNet>,
+}
+
+/// The VXLAN device as the kernel has it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VxlanDevice {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    /// Name of the underlay link (`dev` of `ip link add ... type vxlan`).
+    pub uplink: Option<String>,
+    pub learning: bool,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub up: bool,
+    /// Addresses except IPv6 link-local ones.
+    pub addresses: Vec<IpNet>,
+}
+
+/// A kernel operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The kernel refused a netlink request. `errno` is positive (e.g. 17 = EEXIST).
+    #[error("{op}: {message}")]
+    Netlink { op: String, errno: Option<i32>, message: String },
+    #[error("no such device {0:?}")]
+    NoSuchDevice(String),
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl KernelError {
+    /// The errno of a refused request, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KernelError::Netlink { errno, .. } => *errno,
+            _ => None,
+        }
+    }
+}
+
+/// The host's network stack as Trellis sees it. All methods act on the namespace the
+/// implementation is bound to. Used through generics (not `dyn`), always on one thread.
+#[allow(async_fn_in_trait)]
+pub trait Kernel {
+    /// Reads the owned state; `vxlan_device` names the VXLAN device to look at.
+    async fn read(&self, vxlan_device: &str) -> Result<KernelState, KernelError>;
+    /// Executes one change (idempotently where the kernel allows: replace, ENOENT on delete is
+    /// success).
+    async fn apply_one(&self, change: &Change) -> Result<(), KernelError>;
+    /// What this kernel can do. Never fails: a probe that errors means "no".
+    async fn capabilities(&self) -> Capabilities;
+    /// MTU of a link (the uplink), to compute the tunnel MTU.
+    async fn link_mtu(&self, name: &str) -> Result<u32, KernelError>;
+    /// Reads a sysctl (`net.ipv4.ip_forward`) of this namespace.
+    fn sysctl_get(&self, key: &str) -> Result<String, KernelError>;
+    /// Writes a sysctl unless it already has `value`. Returns whether it changed.
+    fn sysctl_set(&self, key: &str, value: &str) -> Result<bool, KernelError>;
+}
+
+/// One change the kernel refused.
+#[derive(Debug)]
+pub struct ChangeFailure {
+    pub change: Change,
+    pub error: KernelError,
+}
+
+/// What a batch did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Changes the kernel accepted, in order.
+    pub applied: Vec<Change>,
+    /// Changes the kernel refused (the batch kept going).
+    pub failed: Vec<ChangeFailure>,
+    /// Neighbour/FDB entries removed again because their peer's route was refused.
+    pub rolled_back: Vec<Change>,
+}
+
+impl ApplyReport {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// Applied changes counted per kind ("route+", "neighbour-", ...), for summaries.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for change in &self.applied {
+            *counts.entry(change.kind()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// Applies `changes` in order. A failure does not stop the batch (independent changes still
+/// converge; dependent ones fail on their own and are reported). A *new* peer whose route was
+/// refused leaves no half state behind: the neighbour and FDB entries this batch added for it
+/// are removed again, unless another route through the same gateway made it in.
+pub async fn apply<K: Kernel>(kernel: &K, changes: &[Change]) -> ApplyReport {
+    let mut report = ApplyReport::default();
+    for change in changes {
+        if change.is_disruptive() {
+            tracing::warn!(%change, "disruptive change: traffic through this device stops until it is rebuilt");
+        }
+        match kernel.apply_one(change).await {
+            Ok(()) => {
+                tracing::info!(%change, "applied");
+                report.applied.push(change.clone());
+            }
+            Err(error) => {
+                tracing::error!(%change, %error, "kernel refused change");
+                report.failed.push(ChangeFailure { change: change.clone(), error });
+            }
+        }
+    }
+    rollback_half_added_peers(kernel, &mut report).await;
+    report
+}
+
+/// (device, gateway) of a unicast route.
+fn via(route: &Route) -> Option<(&str, IpAddr)> {
+    match &route.kind {
+        RouteKind::Unicast { gateway, dev, .. } => Some((dev.as_str(), *gateway)),
+        RouteKind::Blackhole => None,
+    }
+}
+
+async fn rollback_half_added_peers<K: Kernel>(kernel: &K, report: &mut ApplyReport) {
+    let failed_gateways: BTreeSet<(String, IpAddr)> = report
+        .failed
+        .iter()
+        .filter_map(|f| match &f.change {
+            Change::AddRoute(route) => via(route).map(|(d, g)| (d.to_string(), g)),
+            _ => None,
+        })
+        .collect();
+    if failed_gateways.is_empty() {
+        return;
+    }
+    let working_gateways: BTreeSet<(String, IpAddr)> = report
+        .applied
+        .iter()
+        .filter_map(|c| match c {
+            Change::AddRoute(route) | Change::UpdateRoute(route) => via(route).map(|(d, g)| (d.to_string(), g)),
+            _ => None,
+        })
+        .collect();
+    let mut undo = Vec::new();
+    for (dev, gateway) in failed_gateways.difference(&working_gateways) {
+        let added_neighbour: Option<&Neighbour> = report.applied.iter().find_map(|c| match c {
+            Change::AddNeighbour(n) if n.dev == *dev && n.ip == *gateway => Some(n),
+            _ => None,
+        });
+        let Some(neighbour) = added_neighbour else { continue };
+        undo.push(Change::DelNeighbour(neighbour.clone()));
+        let mac: MacAddr = neighbour.mac;
+        for c in &report.applied {
+            if let Change::AddFdb(fdb) = c
+                && fdb.dev == *dev
+                && fdb.mac == mac
+            {
+                undo.push(Change::DelFdb(fdb.clone()));
+            }
+        }
+    }
+    for change in undo {
+        match kernel.apply_one(&change).await {
+            Ok(()) => {
+                tracing::warn!(%change, "rolled back half-added peer");
+                report.rolled_back.push(change);
+            }
+            Err(error) => {
+                tracing::error!(%change, %error, "rollback failed");
+                report.failed.push(ChangeFailure { change, error });
+            }
+        }
+    }
+}
+
+/// A kernel that records changes and can be told to refuse some: for unit tests of the
+/// orchestration above and of the reconcile loop.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::desired::Capabilities;
+
+    pub type Refusal = Box<dyn Fn(&Change) -> bool>;
+
+    #[derive(Default)]
+    pub struct FakeKernel {
+        pub state: RefCell<KernelState>,
+        pub log: RefCell<Vec<Change>>,
+        /// Changes matching this predicate fail with EINVAL.
+        pub refuse: RefCell<Option<Refusal>>,
+        pub sysctls: RefCell<BTreeMap<String, String>>,
+        pub reads: RefCell<usize>,
+    }
+
+    impl Kernel for FakeKernel {
+        async fn read(&self, _vxlan_device: &str) -> Result<KernelState, KernelError> {
+            *self.reads.borrow_mut() += 1;
+            Ok(self.state.borrow().clone())
+        }
+
+        async fn apply_one(&self, change: &Change) -> Result<(), KernelError> {
+            self.log.borrow_mut().push(change.clone());
+            if let Some(refuse) = self.refuse.borrow().as_ref()
+                && refuse(change)
+            {
+                return Err(KernelError::Netlink { op: change.to_string(), errno: Some(22), message: "EINVAL".into() });
+            }
+            self.state.borrow_mut().apply(change);
+            Ok(())
+        }
+
+        async fn capabilities(&self) -> Capabilities {
+            Capabilities { ipip: false, vxlan: true }
+        }
+
+        async fn link_mtu(&self, _name: &str) -> Result<u32, KernelError> {
+            Ok(1500)
+        }
+
+        fn sysctl_get(&self, key: &str) -> Result<String, KernelError> {
+            Ok(self.sysctls.borrow().get(key).cloned().unwrap_or_default())
+        }
+
+        fn sysctl_set(&self, key: &str, value: &str) -> Result<bool, KernelError> {
+            let old = self.sysctls.borrow_mut().insert(key.to_string(), value.to_string());
+            Ok(old.as_deref() != Some(value))
+        }
+    }
+
+    impl KernelState {
+        /// What the kernel would do with `change` (the model the fake runs on).
+        pub fn apply(&mut self, change: &Change) {
+            match change {
+                Change::CreateVxlan(t) => {
+                    self.vxlan = Some(VxlanDevice {
+                        name: t.name.clone(),
+                        vni: t.vni,
+                        port: t.port,
+                        local: Some(t.local),
+                        uplink: Some(t.uplink.clone()),
+                        learning: false,
+                        mac: t.mac,
+                        mtu: t.mtu,
+                        up: true,
+                        addresses: vec![],
+                    })
+                }
+                Change::DeleteVxlan { name, .. } => {
+                    self.vxlan = None;
+                    self.neighbours.retain(|n| n.dev != *name);
+                    self.fdb.retain(|f| f.dev != *name);
+                    self.routes.retain(|_, r| via(r).is_none_or(|(d, _)| d != name));
+                }
+                Change::EnsureTunl0 => {
+                    self.ipip.get_or_insert(IpipDevice { mtu: 1480, up: false, addresses: vec![] });
+                }
+                Change::SetLink { dev, mtu, mac, up } => {
+                    if let Some(v) = self.vxlan.as_mut().filter(|v| v.name == *dev) {
+                        v.mtu = mtu.unwrap_or(v.mtu);
+                        v.mac = mac.unwrap_or(v.mac);
+                        v.up = up.unwrap_or(v.up);
+                    } else if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
+                        t.mtu = mtu.unwrap_or(t.mtu);
+                        t.up = up.unwrap_or(t.up);
+                    }
+                }
+                Change::AddAddress { dev, address } | Change::DelAddress { dev, address } => {
+                    let add = matches!(change, Change::AddAddress { .. });
+                    let list = if dev == crate::desired::IPIP_DEVICE {
+                        self.ipip.as_mut().map(|t| &mut t.addresses)
+                    } else {
+                        self.vxlan.as_mut().map(|v| &mut v.addresses)
+                    };
+                    if let Some(list) = list {
+                        list.retain(|a| a != address);
+                        if add {
+                            list.push(*address);
+                            list.sort();
+                        }
+                    }
+                }
+                Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => {
+                    self.neighbours.retain(|o| (o.dev.as_str(), o.ip) != (n.dev.as_str(), n.ip));
+                    self.neighbours.push(n.clone());
+                    self.neighbours.sort();
+                }
+                Change::DelNeighbour(n) => self.neighbours.retain(|o| o != n),
+                Change::AddFdb(f) | Change::UpdateFdb(f) => {
+                    self.fdb.retain(|o| (o.dev.as_str(), o.mac) != (f.dev.as_str(), f.mac));
+                    self.fdb.push(f.clone());
+                    self.fdb.sort();
+                }
+                Change::DelFdb(f) => self.fdb.retain(|o| o != f),
+                Change::AddRoute(r) | Change::UpdateRoute(r) => {
+                    self.routes.insert(r.dst, r.clone());
+                }
+                Change::DelRoute(r) => {
+                    self.routes.remove(&r.dst);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeKernel;
+    use super::*;
+    use crate::desired::FdbEntry;
+
+    fn neighbour(ip: &str, mac: &str) -> Neighbour {
+        Neighbour { dev: "vx".into(), ip: ip.parse().unwrap(), mac: mac.parse().unwrap() }
+    }
+    fn fdb(mac: &str, dst: &str) -> FdbEntry {
+        FdbEntry { dev: "vx".into(), mac: mac.parse().unwrap(), dst: dst.parse().unwrap() }
+    }
+    fn route(dst: &str, gw: &str) -> Route {
+        Route {
+            dst: dst.parse().unwrap(),
+            kind: RouteKind::Unicast { gateway: gw.parse().unwrap(), dev: "vx".into(), onlink: true },
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn failed_route_of_new_peer_rolls_back_its_neighbour_and_fdb() {
+        let kernel = FakeKernel::default();
+        *kernel.refuse.borrow_mut() =
+            Some(Box::new(|c| matches!(c, Change::AddRoute(r) if r.dst.to_string() == "10.244.2.0/26")));
+        let changes = vec![
+            Change::AddNeighbour(neighbour("10.244.2.0", "02:00:00:00:00:02")),
+            Change::AddFdb(fdb("02:00:00:00:00:02", "192.168.1.2")),
+            Change::AddNeighbour(neighbour("10.244.3.0", "02:00:00:00:00:03")),
+            Change::AddFdb(fdb("02:00:00:00:00:03", "192.168.1.3")),
+            Change::AddRoute(route("10.244.2.0/26", "10.244.2.0")),
+            Change::AddRoute(route("10.244.3.0/26", "10.244.3.0")),
+        ];
+        let report = block_on(apply(&kernel, &changes));
+        assert_eq!(report.applied.len(), 5);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(
+            report.rolled_back,
+            vec![
+                Change::DelNeighbour(neighbour("10.244.2.0", "02:00:00:00:00:02")),
+                Change::DelFdb(fdb("02:00:00:00:00:02", "192.168.1.2")),
+            ]
+        );
+        let state = kernel.state.borrow();
+        assert_eq!(state.neighbours, vec![neighbour("10.244.3.0", "02:00:00:00:00:03")]);
+        assert_eq!(state.fdb, vec![fdb("02:00:00:00:00:03", "192.168.1.3")]);
+        assert_eq!(state.routes.len(), 1);
+    }
+
+    #[test]
+    fn failed_route_keeps_neighbour_used_by_another_route_or_updated() {
+        let kernel = FakeKernel::default();
+        let changes = vec![
+            Change::AddNeighbour(neighbour("10.244.2.0", "02:00:00:00:00:02")),
+            Change::AddFdb(fdb("02:00:00:00:00:02", "192.168.1.2")),
+            Change::UpdateNeighbour(neighbour("10.244.3.0", "02:00:00:00:00:33")),
+            Change::AddRoute(route("10.244.2.0/26", "10.244.2.0")),
+            Change::AddRoute(route("10.244.2.64/26", "10.244.2.0")),
+            Change::AddRoute(route("10.244.3.64/26", "10.244.3.0")),
+        ];
+        *kernel.refuse.borrow_mut() = Some(Box::new(
+            |c| matches!(c, Change::AddRoute(r) if ["10.244.2.64/26", "10.244.3.64/26"].contains(&r.dst.to_string().as_str())),
+        ));
+        let report = block_on(apply(&kernel, &changes));
+        assert_eq!(report.failed.len(), 2);
+        assert!(report.rolled_back.is_empty(), "{:?}", report.rolled_back);
+        assert_eq!(kernel.state.borrow().neighbours.len(), 2);
+    }
+
+    #[test]
+    fn a_failure_does_not_stop_independent_changes() {
+        let kernel = FakeKernel::default();
+        *kernel.refuse.borrow_mut() = Some(Box::new(|c| matches!(c, Change::AddFdb(_))));
+        let changes = vec![
+            Change::AddFdb(fdb("02:00:00:00:00:02", "192.168.1.2")),
+            Change::AddRoute(Route { dst: "10.244.1.0/26".parse().unwrap(), kind: RouteKind::Blackhole }),
+        ];
+        let report = block_on(apply(&kernel, &changes));
+        assert!(!report.ok());
+        assert_eq!(report.applied.len(), 1);
+        assert_eq!(report.counts().get("route+"), Some(&1));
+    }
+}

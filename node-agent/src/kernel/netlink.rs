@@ -1,0 +1,714 @@
+//! The [`Kernel`] implementation over rtnetlink (the only file that knows rtnetlink: the crate
+//! is pinned and moves fast, so a bump touches nothing else).
+//!
+//! A [`NetlinkKernel`] owns a netlink socket opened in the network namespace of the thread that
+//! created it; tests put that thread in a fresh namespace with `setns()`, the CLI runs under
+//! `ip netns exec`. Every write is idempotent where the kernel allows it: routes, neighbours,
+//! FDB entries and addresses use `NLM_F_CREATE|NLM_F_REPLACE`; deleting something already gone
+//! (ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL) counts as success.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use futures::{StreamExt, TryStreamExt};
+use ipnet::IpNet;
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, MulticastGroup};
+use tokio::sync::mpsc;
+
+use super::caps::{self, LinkProbe, ProbeOutcome, TunnelKind};
+use super::{IpipDevice, Kernel, KernelError, KernelState, VxlanDevice, sysctl};
+use crate::desired::{Capabilities, FdbEntry, IPIP_DEVICE, Neighbour, ROUTE_PROTOCOL, Route, RouteKind, VxlanTunnel};
+use crate::diff::Change;
+use crate::vtep::MacAddr;
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+const EBUSY: i32 = 16;
+const EADDRNOTAVAIL: i32 = 99;
+
+/// The kernel of the creating thread's network namespace, over rtnetlink.
+pub struct NetlinkKernel {
+    handle: Handle,
+    /// Name used for capability detection when no VXLAN device name is known.
+    vxlan_device: String,
+}
+
+fn nl_error(op: impl Into<String>, error: rtnetlink::Error) -> KernelError {
+    let op = op.into();
+    match error {
+        rtnetlink::Error::NetlinkError(msg) => {
+            let errno = msg.code.map(|c| -c.get());
+            let message = match errno {
+                Some(e) => std::io::Error::from_raw_os_error(e).to_string(),
+                None => msg.to_string(),
+            };
+            KernelError::Netlink { op, errno, message }
+        }
+        other => KernelError::Netlink { op, errno: None, message: other.to_string() },
+    }
+}
+
+/// Treats "already gone" as success for deletions.
+fn gone_ok(result: Result<(), KernelError>) -> Result<(), KernelError> {
+    match result {
+        Err(e) if matches!(e.errno(), Some(ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)) => Ok(()),
+        other => other,
+    }
+}
+
+fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn link_mtu(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(v) => Some(*v),
+        _ => None,
+    })
+}
+
+fn link_mac(m: &LinkMessage) -> Option<MacAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) if b.len() == 6 => {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(b);
+            Some(MacAddr(mac))
+        }
+        _ => None,
+    })
+}
+
+fn link_info(m: &LinkMessage) -> (Option<&InfoKind>, Option<&InfoData>) {
+    let infos = m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(i) => Some(i),
+        _ => None,
+    });
+    let kind = infos.and_then(|i| {
+        i.iter().find_map(|x| match x {
+            LinkInfo::Kind(k) => Some(k),
+            _ => None,
+        })
+    });
+    let data = infos.and_then(|i| {
+        i.iter().find_map(|x| match x {
+            LinkInfo::Data(d) => Some(d),
+            _ => None,
+        })
+    });
+    (kind, data)
+}
+
+fn is_up(m: &LinkMessage) -> bool {
+    m.header.flags.contains(LinkFlags::Up)
+}
+
+fn vxlan_device(m: &LinkMessage, names: &BTreeMap<u32, String>, addresses: Vec<IpNet>) -> Option<VxlanDevice> {
+    let (kind, data) = link_info(m);
+    if kind != Some(&InfoKind::Vxlan) {
+        return None;
+    }
+    let mut dev = VxlanDevice {
+        name: link_name(m)?.to_string(),
+        vni: 0,
+        port: 0,
+        local: None,
+        uplink: None,
+        learning: false,
+        mac: link_mac(m)?,
+        mtu: link_mtu(m)?,
+        up: is_up(m),
+        addresses,
+    };
+    if let Some(InfoData::Vxlan(infos)) = data {
+        for info in infos {
+            match info {
+                InfoVxlan::Id(v) => dev.vni = *v,
+                InfoVxlan::Port(p) => dev.port = *p,
+                InfoVxlan::Local(a) => dev.local = Some(IpAddr::V4(*a)),
+                InfoVxlan::Local6(a) => dev.local = Some(IpAddr::V6(*a)),
+                InfoVxlan::Link(i) => dev.uplink = names.get(i).cloned(),
+                InfoVxlan::Learning(l) => dev.learning = *l,
+                _ => {}
+            }
+        }
+    }
+    Some(dev)
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn route_table(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}
+
+/// One of our routes as the planner would have written it, or None for shapes we never install.
+fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route> {
+    let dst_ip = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(d) => route_ip(d),
+            _ => None,
+        })
+        .or(match m.header.address_family {
+            AddressFamily::Inet => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            AddressFamily::Inet6 => Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            _ => None,
+        })?;
+    let dst = IpNet::new(dst_ip, m.header.destination_prefix_length).ok()?;
+    let kind = match m.header.kind {
+        RouteType::BlackHole => RouteKind::Blackhole,
+        RouteType::Unicast => {
+            let gateway = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => route_ip(g),
+                _ => None,
+            })?;
+            let oif = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })?;
+            RouteKind::Unicast {
+                gateway,
+                dev: names.get(&oif)?.clone(),
+                onlink: m.header.flags.contains(RouteFlags::Onlink),
+            }
+        }
+        _ => return None,
+    };
+    Some(Route { dst, kind })
+}
+
+fn neighbour_ip(m: &NeighbourMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })
+}
+
+fn neighbour_mac(m: &NeighbourMessage) -> Option<MacAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(b);
+            Some(MacAddr(mac))
+        }
+        _ => None,
+    })
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn family(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// The netlink message for one of our routes (used for replace and delete alike).
+fn route_message(route: &Route, oif: Option<u32>) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(route.dst.addr());
+    m.header.destination_prefix_length = route.dst.prefix_len();
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    m.header.scope = RouteScope::Universe;
+    m.attributes.push(RouteAttribute::Destination(route.dst.network().into()));
+    match &route.kind {
+        RouteKind::Blackhole => m.header.kind = RouteType::BlackHole,
+        RouteKind::Unicast { gateway, onlink, .. } => {
+            m.header.kind = RouteType::Unicast;
+            m.attributes.push(RouteAttribute::Gateway((*gateway).into()));
+            if let Some(oif) = oif {
+                m.attributes.push(RouteAttribute::Oif(oif));
+            }
+            if *onlink {
+                m.header.flags |= RouteFlags::Onlink;
+            }
+        }
+    }
+    m
+}
+
+impl NetlinkKernel {
+    /// Opens a netlink socket in the calling thread's network namespace. Must be called inside
+    /// a tokio runtime (the connection task is spawned on it).
+    pub fn new() -> Result<Self, KernelError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Self { handle, vxlan_device: "vxlan.trellis".to_string() })
+    }
+
+    /// Sets the VXLAN device name used by [`Kernel::capabilities`].
+    pub fn with_vxlan_device(mut self, name: &str) -> Self {
+        self.vxlan_device = name.to_string();
+        self
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkMessage>, KernelError> {
+        let mut links = self.handle.link().get().match_name(name).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) => match nl_error(format!("get link {name}"), e) {
+                e if e.errno() == Some(ENODEV) => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn index(&self, name: &str) -> Result<u32, KernelError> {
+        match self.link(name).await? {
+            Some(link) => Ok(link.header.index),
+            None => Err(KernelError::NoSuchDevice(name.to_string())),
+        }
+    }
+
+    async fn set_link(&self, message: LinkMessage, op: &str) -> Result<(), KernelError> {
+        self.handle.link().set(message).execute().await.map_err(|e| nl_error(op, e))
+    }
+
+    async fn create_vxlan(&self, t: &VxlanTunnel) -> Result<(), KernelError> {
+        let uplink = self.index(&t.uplink).await?;
+        let mut builder = LinkVxlan::new(&t.name, t.vni).dev(uplink).port(t.port).learning(false);
+        builder = match t.local {
+            IpAddr::V4(v4) => builder.local(v4),
+            IpAddr::V6(v6) => builder.local6(v6),
+        };
+        let message = builder.mtu(t.mtu).address(t.mac.0.to_vec()).up().build();
+        self.handle.link().add(message).execute().await.map_err(|e| nl_error(format!("create vxlan {}", t.name), e))
+    }
+
+    async fn ensure_tunl0(&self) -> Result<(), KernelError> {
+        if self.link(IPIP_DEVICE).await?.is_some() {
+            return Ok(());
+        }
+        if caps::modprobe("ipip") && self.link(IPIP_DEVICE).await?.is_some() {
+            return Ok(());
+        }
+        // Loading the module through rtnetlink also creates the fallback device; then our
+        // create is refused with EEXIST, which is what we want.
+        match self.handle.link().add(LinkIpIp::new(IPIP_DEVICE).build()).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => match nl_error("create tunl0", e) {
+                e if e.errno() == Some(EEXIST) => Ok(()),
+                e => Err(KernelError::Unsupported(format!("no ipip support in this kernel ({e})"))),
+            },
+        }
+    }
+
+    async fn set_link_attrs(
+        &self,
+        dev: &str,
+        mtu: Option<u32>,
+        mac: Option<MacAddr>,
+        up: Option<bool>,
+    ) -> Result<(), KernelError> {
+        let link = self.link(dev).await?.ok_or_else(|| KernelError::NoSuchDevice(dev.to_string()))?;
+        let index = link.header.index;
+        if let Some(mac) = mac {
+            let set = LinkUnspec::new_with_index(index).address(mac.0.to_vec()).build();
+            if let Err(e) = self.set_link(set, &format!("set {dev} address")).await {
+                // Devices without live MAC change want to be down for it.
+                if e.errno() != Some(EBUSY) {
+                    return Err(e);
+                }
+                self.set_link(LinkUnspec::new_with_index(index).down().build(), &format!("set {dev} down")).await?;
+                let set = LinkUnspec::new_with_index(index).address(mac.0.to_vec()).build();
+                let result = self.set_link(set, &format!("set {dev} address")).await;
+                if is_up(&link) && up.is_none() {
+                    self.set_link(LinkUnspec::new_with_index(index).up().build(), &format!("set {dev} up")).await?;
+                }
+                result?;
+            }
+        }
+        if mtu.is_some() || up.is_some() {
+            let mut builder = LinkUnspec::new_with_index(index);
+            if let Some(mtu) = mtu {
+                builder = builder.mtu(mtu);
+            }
+            builder = match up {
+                Some(true) => builder.up(),
+                Some(false) => builder.down(),
+                None => builder,
+            };
+            self.set_link(builder.build(), &format!("set {dev}")).await?;
+        }
+        Ok(())
+    }
+
+    async fn address(&self, dev: &str, address: IpNet, add: bool) -> Result<(), KernelError> {
+        let index = self.index(dev).await?;
+        if add {
+            return self
+                .handle
+                .address()
+                .add(index, address.addr(), address.prefix_len())
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_error(format!("add address {address} dev {dev}"), e));
+        }
+        let mut m = AddressMessage::default();
+        m.header.family = family(address.addr());
+        m.header.prefix_len = address.prefix_len();
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(address.addr()));
+        m.attributes.push(AddressAttribute::Address(address.addr()));
+        gone_ok(
+            self.handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(|e| nl_error(format!("del address {address} dev {dev}"), e)),
+        )
+    }
+
+    async fn neighbour(&self, n: &Neighbour, add: bool) -> Result<(), KernelError> {
+        let index = self.index(&n.dev).await?;
+        if add {
+            return self
+                .handle
+                .neighbours()
+                .add(index, n.ip)
+                .link_layer_address(&n.mac.0)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_error(format!("replace neighbour {} dev {}", n.ip, n.dev), e));
+        }
+        let mut m = NeighbourMessage::default();
+        m.header.family = family(n.ip);
+        m.header.ifindex = index;
+        m.attributes.push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
+        gone_ok(
+            self.handle
+                .neighbours()
+                .del(m)
+                .execute()
+                .await
+                .map_err(|e| nl_error(format!("del neighbour {} dev {}", n.ip, n.dev), e)),
+        )
+    }
+
+    async fn fdb(&self, f: &FdbEntry, add: bool) -> Result<(), KernelError> {
+        let index = self.index(&f.dev).await?;
+        if add {
+            return self
+                .handle
+                .neighbours()
+                .add_bridge(index, &f.mac.0)
+                .destination(f.dst)
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_error(format!("replace fdb {} dev {} dst {}", f.mac, f.dev, f.dst), e));
+        }
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+        m.attributes.push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
+        gone_ok(
+            self.handle
+                .neighbours()
+                .del(m)
+                .execute()
+                .await
+                .map_err(|e| nl_error(format!("del fdb {} dev {} dst {}", f.mac, f.dev, f.dst), e)),
+        )
+    }
+
+    async fn route(&self, route: &Route, add: bool) -> Result<(), KernelError> {
+        let oif = match &route.kind {
+            RouteKind::Unicast { dev, .. } => Some(self.index(dev).await?),
+            RouteKind::Blackhole => None,
+        };
+        let message = route_message(route, oif);
+        if add {
+            // NLM_F_CREATE|NLM_F_REPLACE: atomic, never delete-then-add.
+            return self
+                .handle
+                .route()
+                .add(message)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_error(format!("replace route {}", route.dst), e));
+        }
+        gone_ok(
+            self.handle
+                .route()
+                .del(message)
+                .execute()
+                .await
+                .map_err(|e| nl_error(format!("del route {}", route.dst), e)),
+        )
+    }
+
+    async fn dump_links(&self) -> Result<Vec<LinkMessage>, KernelError> {
+        self.handle.link().get().execute().try_collect().await.map_err(|e| nl_error("dump links", e))
+    }
+}
+
+impl Kernel for NetlinkKernel {
+    async fn read(&self, vxlan_name: &str) -> Result<KernelState, KernelError> {
+        let links = self.dump_links().await?;
+        let names: BTreeMap<u32, String> =
+            links.iter().filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string()))).collect();
+        let tunl0 = links.iter().find(|l| link_name(l) == Some(IPIP_DEVICE));
+        let vxlan = links.iter().find(|l| link_name(l) == Some(vxlan_name));
+
+        let addresses: Vec<AddressMessage> =
+            self.handle.address().get().execute().try_collect().await.map_err(|e| nl_error("dump addresses", e))?;
+        let addresses_of = |index: u32| -> Vec<IpNet> {
+            let mut out: Vec<IpNet> = addresses
+                .iter()
+                .filter(|a| a.header.index == index)
+                .filter_map(|a| {
+                    let ip = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    let ip = ip.or_else(|| {
+                        a.attributes.iter().find_map(|x| match x {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })?;
+                    // The kernel adds IPv6 link-local addresses by itself; they are not ours.
+                    if let IpAddr::V6(v6) = ip
+                        && v6.is_unicast_link_local()
+                    {
+                        return None;
+                    }
+                    IpNet::new(ip, a.header.prefix_len).ok()
+                })
+                .collect();
+            out.sort();
+            out
+        };
+
+        let mut state = KernelState {
+            ipip: tunl0.and_then(|l| {
+                Some(IpipDevice { mtu: link_mtu(l)?, up: is_up(l), addresses: addresses_of(l.header.index) })
+            }),
+            vxlan: vxlan.and_then(|l| vxlan_device(l, &names, addresses_of(l.header.index))),
+            ..Default::default()
+        };
+
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut query = RouteMessage::default();
+            query.header.address_family = family;
+            let routes: Vec<RouteMessage> =
+                self.handle.route().get(query).execute().try_collect().await.map_err(|e| nl_error("dump routes", e))?;
+            for m in routes {
+                if route_table(&m) != u32::from(RouteHeader::RT_TABLE_MAIN)
+                    || u8::from(m.header.protocol) != ROUTE_PROTOCOL
+                {
+                    continue;
+                }
+                match parse_route(&m, &names) {
+                    Some(route) => {
+                        state.routes.insert(route.dst, route);
+                    }
+                    None => tracing::debug!(?m, "route with our protocol in a shape we never install; left alone"),
+                }
+            }
+        }
+
+        if let Some(vx) = vxlan {
+            let index = vx.header.index;
+            let neighbours: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| nl_error("dump neighbours", e))?;
+            for m in &neighbours {
+                if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
+                    continue;
+                }
+                if let (Some(ip), Some(mac)) = (neighbour_ip(m), neighbour_mac(m)) {
+                    state.neighbours.push(Neighbour { dev: vxlan_name.to_string(), ip, mac });
+                }
+            }
+            let fdb: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| nl_error("dump fdb", e))?;
+            for m in &fdb {
+                if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
+                    continue;
+                }
+                if let (Some(dst), Some(mac)) = (neighbour_ip(m), neighbour_mac(m)) {
+                    state.fdb.push(FdbEntry { dev: vxlan_name.to_string(), mac, dst });
+                }
+            }
+            state.neighbours.sort();
+            state.fdb.sort();
+        }
+        Ok(state)
+    }
+
+    async fn apply_one(&self, change: &Change) -> Result<(), KernelError> {
+        match change {
+            Change::CreateVxlan(t) => self.create_vxlan(t).await,
+            Change::DeleteVxlan { name, .. } => match self.link(name).await? {
+                Some(link) => gone_ok(
+                    self.handle
+                        .link()
+                        .del(link.header.index)
+                        .execute()
+                        .await
+                        .map_err(|e| nl_error(format!("delete {name}"), e)),
+                ),
+                None => Ok(()),
+            },
+            Change::EnsureTunl0 => self.ensure_tunl0().await,
+            Change::SetLink { dev, mtu, mac, up } => self.set_link_attrs(dev, *mtu, *mac, *up).await,
+            Change::AddAddress { dev, address } => self.address(dev, *address, true).await,
+            Change::DelAddress { dev, address } => self.address(dev, *address, false).await,
+            Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => self.neighbour(n, true).await,
+            Change::DelNeighbour(n) => self.neighbour(n, false).await,
+            Change::AddFdb(f) | Change::UpdateFdb(f) => self.fdb(f, true).await,
+            Change::DelFdb(f) => self.fdb(f, false).await,
+            Change::AddRoute(r) | Change::UpdateRoute(r) => self.route(r, true).await,
+            Change::DelRoute(r) => self.route(r, false).await,
+        }
+    }
+
+    async fn capabilities(&self) -> Capabilities {
+        caps::detect(self, &self.vxlan_device).await
+    }
+
+    async fn link_mtu(&self, name: &str) -> Result<u32, KernelError> {
+        let link = self.link(name).await?.ok_or_else(|| KernelError::NoSuchDevice(name.to_string()))?;
+        link_mtu(&link).ok_or_else(|| KernelError::NoSuchDevice(name.to_string()))
+    }
+
+    fn sysctl_get(&self, key: &str) -> Result<String, KernelError> {
+        Ok(sysctl::get(key)?)
+    }
+
+    fn sysctl_set(&self, key: &str, value: &str) -> Result<bool, KernelError> {
+        Ok(sysctl::set(key, value)?)
+    }
+}
+
+impl LinkProbe for NetlinkKernel {
+    async fn link_exists(&self, name: &str) -> bool {
+        matches!(self.link(name).await, Ok(Some(_)))
+    }
+
+    async fn try_create(&self, kind: TunnelKind, name: &str) -> ProbeOutcome {
+        let message = match kind {
+            TunnelKind::Ipip => LinkIpIp::new(name).build(),
+            // A VXLAN device needs only a VNI; no underlay is touched.
+            TunnelKind::Vxlan => LinkVxlan::new(name, 1).port(4789).build(),
+        };
+        match self.handle.link().add(message).execute().await {
+            Ok(()) => {
+                if let Ok(Some(link)) = self.link(name).await
+                    && let Err(e) = self.handle.link().del(link.header.index).execute().await
+                {
+                    tracing::warn!(name, error = %e, "cannot delete probe device");
+                }
+                ProbeOutcome::Created
+            }
+            Err(e) => match nl_error("probe", e) {
+                e if e.errno() == Some(EEXIST) => ProbeOutcome::Exists,
+                e => ProbeOutcome::Refused(e.to_string()),
+            },
+        }
+    }
+
+    fn load_module(&self, module: &str) -> bool {
+        caps::modprobe(module)
+    }
+}
+
+/// Something changed in the kernel that may be drift (a link, one of our routes, a permanent
+/// neighbour or an FDB entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelEvent;
+
+fn relevant(message: &RouteNetlinkMessage) -> bool {
+    match message {
+        RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => true,
+        RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+            u8::from(r.header.protocol) == ROUTE_PROTOCOL
+        }
+        // ARP/ND churn on the uplink is constant; only permanent entries and FDB are ours.
+        RouteNetlinkMessage::DelNeighbour(n) => {
+            n.header.state == NeighbourState::Permanent || n.header.family == AddressFamily::Bridge
+        }
+        _ => false,
+    }
+}
+
+/// Subscribes to link, IPv4/IPv6 route and neighbour notifications of the calling thread's
+/// network namespace (call inside a tokio runtime). Each relevant notification becomes one
+/// [`KernelEvent`]; the reconcile loop debounces them.
+pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, KernelError> {
+    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route, MulticastGroup::Neigh];
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&groups).map_err(KernelError::Socket)?;
+    tokio::spawn(connection);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            if let NetlinkPayload::InnerMessage(inner) = &message.payload
+                && relevant(inner)
+                && tx.send(KernelEvent).is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
