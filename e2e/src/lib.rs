@@ -1,1 +1,13 @@
 //! Test bed helpers shared by the end-to-end tests.
+//!
+//! Data plane lab: [`topology`] builds nodes/router/internet namespaces ([`netns`] guards),
+//! [`pod`]s are wired by the real CNI plugins ([`cni`]), [`agent`] runs the real agent binary
+//! per node, and [`probe`] observes packets, captures and counters.
+pub mod agent;
+pub mod cmd;
+pub mod cni;
+pub mod error;
+pub mod netns;
+pub mod pod;
+pub mod probe;
+pub mod topology;

@@ -1,0 +1,35 @@
+//! The test bed's one error type.
+//!
+//! Every variant carries what was observed (command line, exit status, output, last poll
+//! result), because a failing end-to-end test is only useful if its message says what the
+//! kernel actually did.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("`{command}` exited with {status}\nstdout: {stdout}\nstderr: {stderr}")]
+    Command { command: String, status: String, stdout: String, stderr: String },
+    #[error("cannot run `{command}`: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("gave up after {waited:?} waiting for {what}; last observation:\n{last}")]
+    Timeout { what: String, waited: Duration, last: String },
+    #[error("CNI plugin {plugin} {command} failed: {detail}")]
+    Cni { plugin: String, command: String, detail: String },
+    #[error("unexpected output from {what}: {detail}")]
+    Parse { what: String, detail: String },
+    #[error("left behind after teardown: {0}")]
+    Leak(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}
