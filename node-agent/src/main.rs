@@ -1,1 +1,181 @@
-fn main() {}
+//! `trellis-agent`: the node agent's command line.
+//!
+//! `plan` shows what the agent would do on this host (desired state + diff) without changing
+//! anything; `apply` does it, once or as a loop (periodic resync + netlink events) until
+//! SIGTERM/SIGINT. Both act on the network namespace they run in (`ip netns exec NODE ...`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use trellis_agent::desired::{Capabilities, DesiredState};
+use trellis_agent::kernel::netlink::{self, NetlinkKernel};
+use trellis_agent::kernel::{Kernel, caps};
+use trellis_agent::reconcile::{self, LoopOptions, PassReport, SnapshotSource, SystemHost};
+use trellis_agent::snapshot::Snapshot;
+
+#[derive(Parser)]
+#[command(
+    name = "trellis-agent",
+    version,
+    about = "Trellis node agent: plan -> diff -> apply of the node's data plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the desired state for this host and the changes apply would make (read-only).
+    Plan {
+        /// Snapshot file (YAML or JSON).
+        #[arg(long)]
+        snapshot: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Yaml)]
+        output: Output,
+    },
+    /// Apply the snapshot: kernel state, NAT, CNI conflist, sysctls.
+    Apply {
+        /// Snapshot file (YAML or JSON); re-read on every pass.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// One pass, print a summary, exit non-zero if anything failed to apply.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between full resyncs (kernel events trigger passes in between).
+        #[arg(long, default_value_t = 30)]
+        resync_interval: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Yaml,
+    Json,
+}
+
+/// What `plan` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanOutput<'a> {
+    capabilities: Capabilities,
+    desired: &'a DesiredState,
+    /// The changes `apply` would make now, iproute2-like.
+    changes: Vec<String>,
+}
+
+/// What `apply --once` prints.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary {
+    ok: bool,
+    applied: BTreeMap<&'static str, usize>,
+    failed: Vec<String>,
+    rolled_back: Vec<String>,
+    errors: Vec<String>,
+    pool_errors: BTreeMap<String, String>,
+}
+
+impl Summary {
+    fn of(report: &PassReport) -> Self {
+        Summary {
+            ok: report.ok(),
+            applied: report.counts(),
+            failed: report.kernel.failed.iter().map(|f| format!("{}: {}", f.change, f.error)).collect(),
+            rolled_back: report.kernel.rolled_back.iter().map(ToString::to_string).collect(),
+            errors: report.errors.clone(),
+            pool_errors: report.pool_errors.iter().cloned().collect(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // One thread: the netlink sockets, /proc/sys and child processes all stay in the
+    // namespace the agent was started in.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plan { snapshot, output } => plan(snapshot, output).await,
+        Command::Apply { snapshot, once, resync_interval } => apply(snapshot, once, resync_interval).await,
+    }
+}
+
+async fn plan(path: PathBuf, output: Output) -> anyhow::Result<ExitCode> {
+    let snapshot = Snapshot::from_file(&path)?;
+    let kernel = NetlinkKernel::new()?.with_vxlan_device(&snapshot.vxlan.device);
+    let capabilities = caps::detect_passive(&kernel, &snapshot.vxlan.device).await;
+    let desired = reconcile::desired_from_snapshot(&kernel, snapshot, capabilities).await?;
+    let changes = reconcile::preview(&kernel, &desired).await?;
+    let out =
+        PlanOutput { capabilities, desired: &desired, changes: changes.iter().map(ToString::to_string).collect() };
+    match output {
+        Output::Yaml => print!("{}", serde_yaml::to_string(&out)?),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn apply(path: PathBuf, once: bool, resync_interval: u64) -> anyhow::Result<ExitCode> {
+    // Fail early on an unreadable snapshot; later passes re-read it and report errors instead.
+    let snapshot = Snapshot::from_file(&path)?;
+    let kernel = NetlinkKernel::new()?.with_vxlan_device(&snapshot.vxlan.device);
+    let caps = kernel.capabilities().await;
+    tracing::info!(ipip = caps.ipip, vxlan = caps.vxlan, "kernel capabilities");
+    let mut source = SnapshotSource { path, caps };
+    if once {
+        let report = reconcile::pass(&kernel, &mut source, &SystemHost).await?;
+        for (pool, error) in &report.pool_errors {
+            eprintln!("pool {pool}: {error}");
+        }
+        let summary = Summary::of(&report);
+        print!("{}", serde_yaml::to_string(&summary)?);
+        return Ok(if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(2) });
+    }
+
+    let events = match netlink::subscribe() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "no kernel event subscription; periodic resync only");
+            None
+        }
+    };
+    let options = LoopOptions { resync_interval: Duration::from_secs(resync_interval.max(1)), ..Default::default() };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+    };
+    reconcile::run(&kernel, &mut source, &SystemHost, options, events, shutdown, |_, _| {}).await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,289 @@
-//! TODO(reconcile)
+//! The reconcile loop: read → diff → apply, then NAT, CNI conflist and sysctls.
+//!
+//! Design: one [`pass`] does the whole job from scratch (level-triggered, like flannel's and
+//! Calico's route syncers): it asks a [`DesiredSource`] for the desired state, reads what the
+//! kernel has, applies the diff and syncs the rest, and reports what it did. Nothing is
+//! remembered between passes, so a pass after a crash, an edit or drift is the same code path.
+//! [`run`] repeats passes on two triggers: a periodic resync (catches anything) and netlink
+//! notifications (links, our routes, permanent neighbours, FDB) debounced by ~100 ms so a burst
+//! — including the echo of our own changes — costs one pass, and deleting a route or the
+//! VXLAN device out of band is corrected within a fraction of a second.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::desired::{Capabilities, CniConfig, DesiredState, NatPlan};
+use crate::diff::{Change, diff};
+use crate::kernel::netlink::KernelEvent;
+use crate::kernel::{ApplyReport, Kernel, KernelError, apply};
+use crate::snapshot::{Snapshot, SnapshotError};
+
+/// Name looked at when no VXLAN pool is in use, so a device left by an earlier pass is found
+/// and removed.
+pub const DEFAULT_VXLAN_DEVICE: &str = "vxlan.trellis";
+
+/// A boxed error from a pluggable part (desired-state source, NAT, CNI).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("cannot compute the desired state: {0}")]
+    Desired(#[source] BoxError),
+    #[error("cannot read the kernel state: {0}")]
+    Read(#[source] KernelError),
+}
+
+/// Where the desired state comes from (a snapshot file standalone, the API server in-cluster).
+#[allow(async_fn_in_trait)]
+pub trait DesiredSource<K: Kernel> {
+    async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError>;
+}
+
+/// The non-netlink parts of the host: the nftables table and the CNI conflist.
+pub trait Host {
+    fn sync_nat(&self, plan: &NatPlan) -> Result<bool, BoxError>;
+    fn write_cni(&self, config: &CniConfig) -> Result<bool, BoxError>;
+}
+
+/// The real host: [`crate::nat::sync`] and [`crate::cni::write`].
+pub struct SystemHost;
+
+impl Host for SystemHost {
+    fn sync_nat(&self, plan: &NatPlan) -> Result<bool, BoxError> {
+        Ok(crate::nat::sync(plan)?)
+    }
+    fn write_cni(&self, config: &CniConfig) -> Result<bool, BoxError> {
+        Ok(crate::cni::write(config)?)
+    }
+}
+
+/// The standalone source: a snapshot file, re-read on every pass (editing the file is how
+/// standalone mode gets live changes), planned against fixed capabilities.
+pub struct SnapshotSource {
+    pub path: PathBuf,
+    pub caps: Capabilities,
+}
+
+impl<K: Kernel> DesiredSource<K> for SnapshotSource {
+    async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError> {
+        let snapshot = Snapshot::from_file(&self.path)?;
+        Ok(desired_from_snapshot(kernel, snapshot, self.caps).await?)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotPlanError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot read the MTU of uplink {uplink}: {source}")]
+    UplinkMtu { uplink: String, source: KernelError },
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+}
+
+/// Fills the uplink MTU from the kernel when the snapshot has none, then plans.
+pub async fn desired_from_snapshot<K: Kernel>(
+    kernel: &K,
+    mut snapshot: Snapshot,
+    caps: Capabilities,
+) -> Result<DesiredState, SnapshotPlanError> {
+    if snapshot.node.uplink_mtu.is_none() {
+        match kernel.link_mtu(&snapshot.node.uplink).await {
+            Ok(mtu) => snapshot.node.uplink_mtu = Some(mtu),
+            // An explicit pod MTU does not need the uplink's.
+            Err(e) if snapshot.mtu.is_some() => {
+                tracing::warn!(uplink = %snapshot.node.uplink, error = %e, "uplink MTU unknown")
+            }
+            Err(source) => return Err(SnapshotPlanError::UplinkMtu { uplink: snapshot.node.uplink.clone(), source }),
+        }
+    }
+    Ok(crate::plan::plan(&snapshot, caps)?)
+}
+
+/// The VXLAN device name to read for `desired`.
+pub fn vxlan_device(desired: &DesiredState) -> &str {
+    desired.vxlan.as_ref().map_or(DEFAULT_VXLAN_DEVICE, |t| t.name.as_str())
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    pub kernel: ApplyReport,
+    /// Whether the nftables table changed (None: failed, see `errors`).
+    pub nat_changed: Option<bool>,
+    /// Whether the conflist changed (None: failed or no CNI config planned).
+    pub cni_changed: Option<bool>,
+    pub sysctls_changed: usize,
+    /// NAT, CNI and sysctl failures.
+    pub errors: Vec<String>,
+    /// Pools the planner could not program here (pool name, reason), e.g. no ipip support.
+    pub pool_errors: Vec<(String, String)>,
+}
+
+impl PassReport {
+    /// Everything that should have been applied was.
+    pub fn ok(&self) -> bool {
+        self.kernel.ok() && self.errors.is_empty()
+    }
+
+    /// Number of kernel changes applied.
+    pub fn changes(&self) -> usize {
+        self.kernel.applied.len()
+    }
+
+    /// Counts per kind of applied kernel change plus `nat`, `cni`, `sysctl`.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = self.kernel.counts();
+        if self.nat_changed == Some(true) {
+            counts.insert("nat", 1);
+        }
+        if self.cni_changed == Some(true) {
+            counts.insert("cni", 1);
+        }
+        if self.sysctls_changed > 0 {
+            counts.insert("sysctl", self.sysctls_changed);
+        }
+        counts
+    }
+}
+
+/// The changes a pass would make, without making them (for `plan`).
+pub async fn preview<K: Kernel>(kernel: &K, desired: &DesiredState) -> Result<Vec<Change>, ReconcileError> {
+    let current = kernel.read(vxlan_device(desired)).await.map_err(ReconcileError::Read)?;
+    Ok(diff(&current, desired))
+}
+
+/// One full pass (see the module comment).
+pub async fn pass<K: Kernel, S: DesiredSource<K>, H: Host>(
+    kernel: &K,
+    source: &mut S,
+    host: &H,
+) -> Result<PassReport, ReconcileError> {
+    let desired = source.desired(kernel).await.map_err(ReconcileError::Desired)?;
+    let changes = preview(kernel, &desired).await?;
+    let mut report = PassReport { kernel: apply(kernel, &changes).await, ..Default::default() };
+
+    // After the devices exist: per-interface sysctls need them.
+    for sysctl in &desired.sysctls {
+        match kernel.sysctl_set(&sysctl.key, &sysctl.value) {
+            Ok(true) => {
+                tracing::info!(key = %sysctl.key, value = %sysctl.value, "sysctl set");
+                report.sysctls_changed += 1;
+            }
+            Ok(false) => {}
+            Err(e) => report.errors.push(format!("sysctl {}={}: {e}", sysctl.key, sysctl.value)),
+        }
+    }
+    match host.sync_nat(&desired.nat) {
+        Ok(changed) => report.nat_changed = Some(changed),
+        Err(e) => report.errors.push(format!("nat: {e}")),
+    }
+    if !desired.cni.path.as_os_str().is_empty() {
+        match host.write_cni(&desired.cni) {
+            Ok(changed) => report.cni_changed = Some(changed),
+            Err(e) => report.errors.push(format!("cni {}: {e}", desired.cni.path.display())),
+        }
+    }
+    for pool in &desired.pools {
+        if let Some(error) = &pool.error {
+            report.pool_errors.push((pool.name.clone(), error.clone()));
+        }
+    }
+    for error in &report.errors {
+        tracing::error!(%error, "host sync failed");
+    }
+    for (pool, error) in &report.pool_errors {
+        tracing::warn!(%pool, %error, "pool not programmed on this node");
+    }
+    Ok(report)
+}
+
+/// Loop timing.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopOptions {
+    /// Full pass at least this often, events or not.
+    pub resync_interval: Duration,
+    /// Quiet time after a kernel event before the pass (bursts collapse into one pass).
+    pub debounce: Duration,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        Self { resync_interval: Duration::from_secs(30), debounce: Duration::from_millis(100) }
+    }
+}
+
+/// Why a pass ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Start,
+    Resync,
+    KernelEvent,
+}
+
+/// Waits for the next event; never returns once the stream is gone (resync still runs).
+async fn next_event(events: &mut Option<UnboundedReceiver<KernelEvent>>) {
+    match events {
+        Some(rx) => {
+            if rx.recv().await.is_none() {
+                tracing::warn!("kernel event stream ended; relying on periodic resync");
+                *events = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Runs passes until `shutdown` resolves: at start, every `resync_interval`, and `debounce`
+/// after kernel events. `on_pass` sees every pass's outcome (summaries, tests).
+pub async fn run<K, S, H>(
+    kernel: &K,
+    source: &mut S,
+    host: &H,
+    options: LoopOptions,
+    mut events: Option<UnboundedReceiver<KernelEvent>>,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut on_pass: impl FnMut(Trigger, &Result<PassReport, ReconcileError>),
+) where
+    K: Kernel,
+    S: DesiredSource<K>,
+    H: Host,
+{
+    tokio::pin!(shutdown);
+    let mut trigger = Trigger::Start;
+    loop {
+        let result = pass(kernel, source, host).await;
+        match &result {
+            Ok(report) if report.changes() > 0 || !report.ok() => {
+                tracing::info!(?trigger, counts = ?report.counts(), failed = report.kernel.failed.len(), "pass done")
+            }
+            Ok(_) => tracing::debug!(?trigger, "pass done, nothing to change"),
+            Err(error) => tracing::error!(?trigger, %error, "pass failed"),
+        }
+        on_pass(trigger, &result);
+
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(options.resync_interval) => trigger = Trigger::Resync,
+            () = next_event(&mut events) => {
+                trigger = Trigger::KernelEvent;
+                // Debounce: let the burst (often the echo of our own changes) arrive, then
+                // swallow it: one pass covers all of it.
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(options.debounce) => {}
+                }
+                if let Some(rx) = events.as_mut() {
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -92,6 +92,27 @@ pub async fn detect<P: LinkProbe>(probe: &P, vxlan_device: &str) -> Capabilities
     }
 }
 
+/// Whether a module is loaded (or built in with parameters) or at least loadable, without
+/// loading it: `/sys/module/<m>` or `modprobe --dry-run`.
+fn module_available(module: &str) -> bool {
+    std::path::Path::new("/sys/module").join(module).exists()
+        || std::process::Command::new("modprobe")
+            .args(["-n", "-q", module])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Read-only detection for `plan`: never loads a module or creates a device (both would be
+/// changes), so it may say "yes" for a module that is available but not loaded yet.
+pub async fn detect_passive<P: LinkProbe>(probe: &P, vxlan_device: &str) -> Capabilities {
+    Capabilities {
+        ipip: probe.link_exists(IPIP_DEVICE).await || module_available("ipip"),
+        vxlan: probe.link_exists(vxlan_device).await || module_available("vxlan"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;

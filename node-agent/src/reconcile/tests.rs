@@ -1,0 +1,194 @@
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use tokio::sync::{Notify, mpsc};
+
+use super::*;
+use crate::desired::{FdbEntry, Neighbour, PoolPlan, Route, RouteKind, Sysctl, VxlanTunnel};
+use crate::kernel::fake::FakeKernel;
+use crate::vtep::MacAddr;
+
+const VX: &str = "vxlan.trellis";
+
+fn desired() -> DesiredState {
+    let mut d = DesiredState {
+        mtu: 1450,
+        vxlan: Some(VxlanTunnel {
+            name: VX.into(),
+            vni: 4096,
+            port: 4789,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            local: "192.168.1.1".parse().unwrap(),
+            uplink: "eth0".into(),
+            mtu: 1450,
+            address: Some("10.244.1.0".parse().unwrap()),
+        }),
+        sysctls: vec![Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() }],
+        pools: vec![PoolPlan {
+            name: "ipip-pool".into(),
+            encapsulation: crate::desired::Encapsulation::None,
+            disabled: false,
+            error: Some("no ipip support in this kernel".into()),
+        }],
+        cni: CniConfig { path: "/tmp/unused/10-trellis.conflist".into(), conflist: serde_json::json!({}) },
+        ..Default::default()
+    };
+    let blackhole: IpNet = "10.244.1.0/26".parse().unwrap();
+    d.routes.insert(blackhole, Route { dst: blackhole, kind: RouteKind::Blackhole });
+    for n in [2u8, 3] {
+        let ip: std::net::IpAddr = format!("10.244.{n}.0").parse().unwrap();
+        let mac = MacAddr([2, 0, 0, 0, 0, n]);
+        d.neighbours.push(Neighbour { dev: VX.into(), ip, mac });
+        d.fdb.push(FdbEntry { dev: VX.into(), mac, dst: format!("192.168.1.{n}").parse().unwrap() });
+        let dst: IpNet = format!("10.244.{n}.0/26").parse().unwrap();
+        d.routes.insert(dst, Route { dst, kind: RouteKind::Unicast { gateway: ip, dev: VX.into(), onlink: true } });
+    }
+    d
+}
+
+use ipnet::IpNet;
+
+struct Fixed(DesiredState);
+
+impl DesiredSource<FakeKernel> for Fixed {
+    async fn desired(&mut self, _kernel: &FakeKernel) -> Result<DesiredState, BoxError> {
+        Ok(self.0.clone())
+    }
+}
+
+#[derive(Default)]
+struct FakeHost {
+    nat: RefCell<Option<NatPlan>>,
+    cni_writes: RefCell<usize>,
+}
+
+impl Host for FakeHost {
+    fn sync_nat(&self, plan: &NatPlan) -> Result<bool, BoxError> {
+        let changed = self.nat.borrow().as_ref() != Some(plan);
+        *self.nat.borrow_mut() = Some(plan.clone());
+        Ok(changed)
+    }
+    fn write_cni(&self, _config: &CniConfig) -> Result<bool, BoxError> {
+        *self.cni_writes.borrow_mut() += 1;
+        Ok(*self.cni_writes.borrow() == 1)
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+}
+
+#[test]
+fn pass_converges_then_is_idempotent() {
+    rt().block_on(async {
+        let kernel = FakeKernel::default();
+        let host = FakeHost::default();
+        let mut source = Fixed(desired());
+        let first = pass(&kernel, &mut source, &host).await.unwrap();
+        assert!(first.ok(), "{first:?}");
+        assert_eq!(first.changes(), 9);
+        let counts = first.counts();
+        assert_eq!(counts.get("route+"), Some(&3));
+        assert_eq!(counts.get("sysctl"), Some(&1));
+        assert_eq!(counts.get("nat"), Some(&1));
+        assert_eq!(counts.get("cni"), Some(&1));
+        assert_eq!(first.pool_errors, vec![("ipip-pool".to_string(), "no ipip support in this kernel".to_string())]);
+        assert_eq!(kernel.sysctls.borrow().get("net.ipv4.ip_forward").map(String::as_str), Some("1"));
+
+        let second = pass(&kernel, &mut source, &host).await.unwrap();
+        assert!(second.ok());
+        assert_eq!(second.changes(), 0);
+        assert!(second.counts().is_empty(), "{:?}", second.counts());
+    });
+}
+
+#[test]
+fn refused_change_is_reported_and_others_still_apply() {
+    rt().block_on(async {
+        let kernel = FakeKernel::default();
+        *kernel.refuse.borrow_mut() =
+            Some(Box::new(|c| matches!(c, Change::AddRoute(r) if r.kind == RouteKind::Blackhole)));
+        let report = pass(&kernel, &mut Fixed(desired()), &FakeHost::default()).await.unwrap();
+        assert!(!report.ok());
+        assert_eq!(report.kernel.failed.len(), 1);
+        assert_eq!(report.changes(), 8);
+        assert_eq!(kernel.state.borrow().routes.len(), 2);
+    });
+}
+
+type Passes = Rc<RefCell<Vec<(Trigger, usize)>>>;
+
+/// Runs the loop next to `driver` until the driver returns; the loop's passes are recorded.
+async fn with_loop<F, Fut>(
+    kernel: &FakeKernel,
+    events: Option<mpsc::UnboundedReceiver<KernelEvent>>,
+    driver: F,
+) -> Vec<(Trigger, usize)>
+where
+    F: FnOnce(Passes, Rc<Notify>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let passes: Passes = Rc::default();
+    let pass_done = Rc::new(Notify::new());
+    let stop = Notify::new();
+    let host = FakeHost::default();
+    let mut source = Fixed(desired());
+    let options = LoopOptions { resync_interval: Duration::from_secs(3600), debounce: Duration::from_millis(100) };
+    let record = {
+        let passes = passes.clone();
+        let pass_done = pass_done.clone();
+        move |trigger: Trigger, result: &Result<PassReport, ReconcileError>| {
+            let changes = result.as_ref().map(PassReport::changes).unwrap_or(usize::MAX);
+            passes.borrow_mut().push((trigger, changes));
+            pass_done.notify_one();
+        }
+    };
+    let driven = async {
+        driver(passes.clone(), pass_done.clone()).await;
+        stop.notify_one();
+    };
+    tokio::join!(run(kernel, &mut source, &host, options, events, stop.notified(), record), driven);
+    passes.take()
+}
+
+#[test]
+fn kernel_event_triggers_a_pass_that_repairs_drift() {
+    rt().block_on(async {
+        let kernel = FakeKernel::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let k = &kernel;
+        let passes = with_loop(&kernel, Some(rx), |_, pass_done| async move {
+            pass_done.notified().await; // start pass
+            // Drift: someone deletes a peer route; the kernel tells us (a burst of events).
+            k.state.borrow_mut().routes.remove(&"10.244.2.0/26".parse().unwrap());
+            for _ in 0..10 {
+                tx.send(KernelEvent).unwrap();
+            }
+            pass_done.notified().await;
+        })
+        .await;
+        // The burst collapsed into one pass, which re-added exactly the route.
+        assert_eq!(passes, vec![(Trigger::Start, 9), (Trigger::KernelEvent, 1)]);
+        assert_eq!(kernel.state.borrow().routes.len(), 3);
+    });
+}
+
+#[test]
+fn periodic_resync_repairs_drift_without_events() {
+    rt().block_on(async {
+        let kernel = FakeKernel::default();
+        let k = &kernel;
+        let passes = with_loop(&kernel, None, |_, pass_done| async move {
+            pass_done.notified().await;
+            k.state.borrow_mut().vxlan = None; // device deleted, nobody tells us
+            pass_done.notified().await;
+            pass_done.notified().await;
+        })
+        .await;
+        assert_eq!(passes[0], (Trigger::Start, 9));
+        assert_eq!(passes[1].0, Trigger::Resync);
+        assert!(passes[1].1 >= 1, "{passes:?}");
+        assert_eq!(passes[2], (Trigger::Resync, 0));
+        assert!(kernel.state.borrow().vxlan.is_some());
+    });
+}

@@ -1,0 +1,518 @@
+//! Root tests of the kernel layer against real netlink in fresh network namespaces.
+//!
+//! Each test gets its own namespace (RAII: deleted on drop, also on panic) with a veth pair as
+//! the uplink, runs its body on a thread that `setns()`-es into it (the agent's netlink socket
+//! binds to the creating thread's namespace) with a current-thread tokio runtime, and checks the
+//! outcome with `ip -j` / `bridge -j`, independently of the agent's own reader.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde_json::Value;
+use trellis_agent::desired::{DesiredState, FdbEntry, Neighbour, Route, RouteKind, VxlanTunnel};
+use trellis_agent::diff::{Change, diff};
+use trellis_agent::kernel::netlink::{self, NetlinkKernel};
+use trellis_agent::kernel::{Kernel, apply};
+use trellis_agent::reconcile::{self, BoxError, DesiredSource, Host, LoopOptions, Trigger};
+use trellis_agent::vtep::MacAddr;
+
+const VX: &str = "vxlan.trellis";
+
+/// A network namespace that exists as long as this value does.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("trk-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        sh("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        // Uplink: a veth pair (this host has no dummy module), node address 192.168.1.1/24.
+        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
+        ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0p", "up"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NS args...`, must succeed; returns stdout.
+    fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// `ip -j -d -n NS args...` parsed.
+    fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-j", "-d", "-n", &self.name];
+        full.extend_from_slice(args);
+        parse_json(&sh("ip", &full))
+    }
+
+    /// `bridge -j fdb show dev VX` in the namespace, as (mac, dst) pairs of permanent entries.
+    fn fdb(&self) -> Vec<(String, String)> {
+        let v = parse_json(&sh("ip", &["netns", "exec", &self.name, "bridge", "-j", "fdb", "show", "dev", VX]));
+        let mut fdb: Vec<(String, String)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["state"] == "permanent" && e.get("dst").is_some())
+            .map(|e| (e["mac"].as_str().unwrap().to_string(), e["dst"].as_str().unwrap().to_string()))
+            .collect();
+        fdb.sort();
+        fdb
+    }
+
+    /// Routes with proto 84 as "dst|gateway|dev|onlink|type".
+    fn our_routes(&self) -> Vec<String> {
+        let v = self.ip_json(&["route", "show", "proto", "84"]);
+        let mut routes: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let onlink = r["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "onlink"));
+                format!(
+                    "{}|{}|{}|{}|{}",
+                    r["dst"].as_str().unwrap(),
+                    r["gateway"].as_str().unwrap_or(""),
+                    r["dev"].as_str().unwrap_or(""),
+                    onlink,
+                    r["type"].as_str().unwrap_or("unicast")
+                )
+            })
+            .collect();
+        routes.sort();
+        routes
+    }
+
+    /// Permanent neighbours on VX as (ip, mac).
+    fn neighbours(&self) -> Vec<(String, String)> {
+        let v = self.ip_json(&["neigh", "show", "dev", VX, "nud", "permanent"]);
+        let mut n: Vec<(String, String)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["dst"].as_str().unwrap().to_string(), e["lladdr"].as_str().unwrap().to_string()))
+            .collect();
+        n.sort();
+        n
+    }
+
+    fn links(&self) -> Vec<String> {
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Runs `body` on a thread inside this namespace with a current-thread runtime.
+    fn run<F, Fut, T>(&self, body: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(body())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn parse_json(out: &str) -> Value {
+    if out.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(out).unwrap() }
+}
+
+fn mac(n: u8, salt: u8) -> MacAddr {
+    MacAddr([2, 0, 0, 0, salt, n])
+}
+
+/// VXLAN desired state: own block blackholed, peers `(n, mac salt, block)`.
+fn desired(vni: u32, peers: &[(u8, u8, &str)]) -> DesiredState {
+    let mut d = DesiredState {
+        mtu: 1450,
+        vxlan: Some(VxlanTunnel {
+            name: VX.into(),
+            vni,
+            port: 4789,
+            mac: mac(1, 0),
+            local: "192.168.1.1".parse().unwrap(),
+            uplink: "eth0".into(),
+            mtu: 1450,
+            address: Some("10.244.1.0".parse().unwrap()),
+        }),
+        ..Default::default()
+    };
+    let own: IpNet = "10.244.1.0/26".parse().unwrap();
+    d.routes.insert(own, Route { dst: own, kind: RouteKind::Blackhole });
+    for &(n, salt, block) in peers {
+        let ip: IpAddr = format!("10.244.{n}.0").parse().unwrap();
+        d.neighbours.push(Neighbour { dev: VX.into(), ip, mac: mac(n, salt) });
+        d.fdb.push(FdbEntry { dev: VX.into(), mac: mac(n, salt), dst: format!("192.168.1.{n}").parse().unwrap() });
+        let dst: IpNet = block.parse().unwrap();
+        d.routes.insert(dst, Route { dst, kind: RouteKind::Unicast { gateway: ip, dev: VX.into(), onlink: true } });
+    }
+    d.neighbours.sort();
+    d.fdb.sort();
+    d
+}
+
+const TWO_PEERS: &[(u8, u8, &str)] = &[(2, 0, "10.244.2.0/26"), (3, 0, "10.244.3.0/26")];
+
+/// read → diff → apply; returns the applied changes, panics on kernel refusals.
+async fn converge(kernel: &NetlinkKernel, d: &DesiredState) -> Vec<Change> {
+    let current = kernel.read(VX).await.unwrap();
+    let changes = diff(&current, d);
+    let report = apply(kernel, &changes).await;
+    assert!(report.ok(), "{:#?}", report.failed);
+    assert_eq!(report.applied, changes);
+    changes
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn vxlan_state_applies_exactly_and_idempotently() {
+    let ns = Netns::new("apply");
+    let d = desired(4096, TWO_PEERS);
+    let dd = d.clone();
+    let (first, read_back, second) = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let first = converge(&kernel, &dd).await;
+        let read_back = kernel.read(VX).await.unwrap();
+        let second = diff(&read_back, &dd);
+        (first, read_back, second)
+    });
+    assert_eq!(first.len(), 9, "{first:#?}");
+    assert!(second.is_empty(), "second pass must be empty: {second:#?}");
+    // The read-back is the desired state, field by field.
+    let vx = read_back.vxlan.as_ref().unwrap();
+    assert_eq!((vx.vni, vx.port, vx.mtu, vx.mac, vx.up, vx.learning), (4096, 4789, 1450, mac(1, 0), true, false));
+    assert_eq!(vx.local, Some("192.168.1.1".parse().unwrap()));
+    assert_eq!(vx.uplink.as_deref(), Some("eth0"));
+    assert_eq!(vx.addresses, vec!["10.244.1.0/32".parse::<IpNet>().unwrap()]);
+    assert_eq!(read_back.routes, d.routes);
+    assert_eq!(read_back.neighbours, d.neighbours);
+    assert_eq!(read_back.fdb, d.fdb);
+
+    // Independently, with iproute2.
+    let link = &ns.ip_json(&["link", "show", VX])[0];
+    let info = &link["linkinfo"]["info_data"];
+    assert_eq!(link["linkinfo"]["info_kind"], "vxlan");
+    assert_eq!(
+        (info["id"].as_u64(), info["port"].as_u64(), info["learning"].as_bool()),
+        (Some(4096), Some(4789), Some(false))
+    );
+    assert_eq!(info["local"], "192.168.1.1");
+    assert_eq!(info["link"], "eth0");
+    assert_eq!(link["mtu"], 1450);
+    assert_eq!(link["address"], "02:00:00:00:00:01");
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_eq!(
+        ns.our_routes(),
+        vec![
+            "10.244.1.0/26|||false|blackhole",
+            "10.244.2.0/26|10.244.2.0|vxlan.trellis|true|unicast",
+            "10.244.3.0/26|10.244.3.0|vxlan.trellis|true|unicast",
+        ]
+    );
+    assert_eq!(
+        ns.neighbours(),
+        vec![("10.244.2.0".into(), "02:00:00:00:00:02".into()), ("10.244.3.0".into(), "02:00:00:00:00:03".into())]
+    );
+    assert_eq!(
+        ns.fdb(),
+        vec![("02:00:00:00:00:02".into(), "192.168.1.2".into()), ("02:00:00:00:00:03".into(), "192.168.1.3".into())]
+    );
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn changed_and_removed_peers_touch_only_themselves() {
+    let ns = Netns::new("peers");
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, TWO_PEERS)).await;
+    });
+    // Not ours: routes without our protocol, one of them inside the pod range.
+    ns.ip(&["route", "add", "10.99.0.0/24", "via", "192.168.1.254", "dev", "eth0"]);
+    ns.ip(&["route", "add", "10.244.9.0/26", "via", "192.168.1.254", "dev", "eth0", "proto", "static"]);
+    let foreign_before = ns.ip(&["route", "show", "10.99.0.0/24"]);
+
+    // Peer 3 gets a new MAC and a new block.
+    let changed = desired(4096, &[(2, 0, "10.244.2.0/26"), (3, 9, "10.244.3.64/26")]);
+    let changes = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &changed).await
+    });
+    let kinds: Vec<&str> = changes.iter().map(Change::kind).collect();
+    assert_eq!(kinds, ["neighbour~", "fdb+", "route+", "route-", "fdb-"], "{changes:#?}");
+    assert_eq!(
+        ns.fdb(),
+        vec![("02:00:00:00:00:02".into(), "192.168.1.2".into()), ("02:00:00:00:09:03".into(), "192.168.1.3".into())]
+    );
+    assert_eq!(
+        ns.neighbours(),
+        vec![("10.244.2.0".into(), "02:00:00:00:00:02".into()), ("10.244.3.0".into(), "02:00:00:00:09:03".into())]
+    );
+
+    // Peer 2 leaves.
+    let removed = desired(4096, &[(3, 9, "10.244.3.64/26")]);
+    let (changes, rest) = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let changes = converge(&kernel, &removed).await;
+        (changes, diff(&kernel.read(VX).await.unwrap(), &removed))
+    });
+    assert!(rest.is_empty(), "{rest:#?}");
+    assert_eq!(
+        changes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        vec![
+            "route del 10.244.2.0/26 via 10.244.2.0 dev vxlan.trellis onlink proto 84",
+            "neigh del 10.244.2.0 dev vxlan.trellis",
+            "fdb del 02:00:00:00:00:02 dev vxlan.trellis dst 192.168.1.2 self",
+        ]
+    );
+    assert_eq!(
+        ns.our_routes(),
+        vec!["10.244.1.0/26|||false|blackhole", "10.244.3.64/26|10.244.3.0|vxlan.trellis|true|unicast"]
+    );
+    assert_eq!(ns.neighbours(), vec![("10.244.3.0".into(), "02:00:00:00:09:03".into())]);
+    assert_eq!(ns.fdb(), vec![("02:00:00:00:09:03".into(), "192.168.1.3".into())]);
+    // Foreign routes survive.
+    assert_eq!(ns.ip(&["route", "show", "10.99.0.0/24"]), foreign_before);
+    assert!(ns.ip(&["route", "show", "10.244.9.0/26"]).contains("via 192.168.1.254"));
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn vni_change_recreates_the_device_and_its_peers() {
+    let ns = Netns::new("vni");
+    let d = desired(4097, TWO_PEERS);
+    let (changes, rest) = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, TWO_PEERS)).await;
+        let changes = converge(&kernel, &d).await;
+        (changes, diff(&kernel.read(VX).await.unwrap(), &d))
+    });
+    assert!(matches!(&changes[0], Change::DeleteVxlan { reason, .. } if reason.contains("vni 4096 -> 4097")));
+    assert!(matches!(&changes[1], Change::CreateVxlan(t) if t.vni == 4097));
+    assert!(rest.is_empty(), "{rest:#?}");
+    assert_eq!(ns.ip_json(&["link", "show", VX])[0]["linkinfo"]["info_data"]["id"], 4097);
+    assert_eq!(ns.our_routes().len(), 3);
+    assert_eq!(ns.neighbours().len(), 2);
+    assert_eq!(ns.fdb().len(), 2);
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn mtu_and_mac_change_in_place() {
+    let ns = Netns::new("mtu");
+    let mut d = desired(4096, TWO_PEERS);
+    let t = d.vxlan.as_mut().unwrap();
+    t.mtu = 1400;
+    t.mac = mac(1, 7);
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, TWO_PEERS)).await;
+    });
+    let before = ns.ip_json(&["link", "show", VX])[0]["ifindex"].clone();
+    let changes = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &d).await
+    });
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    let link = &ns.ip_json(&["link", "show", VX])[0];
+    assert_eq!(link["ifindex"], before, "same device");
+    assert_eq!(link["mtu"], 1400);
+    assert_eq!(link["address"], "02:00:00:00:07:01");
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_eq!(ns.our_routes().len(), 3, "routes kept");
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn refused_route_rolls_back_the_new_peers_neighbour_and_fdb() {
+    let ns = Netns::new("rollback");
+    let report = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, &[])).await;
+        // Peer 4's route is not onlink and its gateway is on no subnet: the kernel refuses it.
+        let mut d = desired(4096, &[(4, 0, "10.244.4.0/26")]);
+        let dst: IpNet = "10.244.4.0/26".parse().unwrap();
+        d.routes.insert(
+            dst,
+            Route {
+                dst,
+                kind: RouteKind::Unicast { gateway: "10.244.4.0".parse().unwrap(), dev: VX.into(), onlink: false },
+            },
+        );
+        let changes = diff(&kernel.read(VX).await.unwrap(), &d);
+        apply(&kernel, &changes).await
+    });
+    assert_eq!(report.failed.len(), 1, "{:#?}", report.failed);
+    assert!(matches!(report.failed[0].change, Change::AddRoute(_)));
+    assert_eq!(report.rolled_back.len(), 2, "{:#?}", report.rolled_back);
+    assert!(ns.neighbours().is_empty());
+    assert!(ns.fdb().is_empty());
+    assert_eq!(ns.our_routes(), vec!["10.244.1.0/26|||false|blackhole"]);
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn capabilities_match_what_the_kernel_can_create() {
+    let ns = Netns::new("caps");
+    // Independent check: can iproute2 create an ipip device here? ("File exists" = the fallback
+    // tunl0 is there, i.e. yes.)
+    let probe = Command::new("ip").args(["-n", &ns.name, "link", "add", "ipprobe", "type", "ipip"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&probe.stderr).to_string();
+    let ipip_expected = probe.status.success() || stderr.contains("File exists");
+    if probe.status.success() {
+        ns.ip(&["link", "del", "ipprobe"]);
+    }
+    let links_before = ns.links();
+    let (caps, ensure) = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        let caps = kernel.capabilities().await;
+        let ensure = kernel.apply_one(&Change::EnsureTunl0).await.map_err(|e| e.to_string());
+        (caps, ensure)
+    });
+    assert!(caps.vxlan);
+    assert_eq!(caps.ipip, ipip_expected, "ip said: {stderr}");
+    assert_eq!(ensure.is_ok(), ipip_expected, "{ensure:?}");
+    if !ipip_expected {
+        assert!(ensure.unwrap_err().contains("no ipip support"));
+        assert_eq!(ns.links(), links_before, "probes leave nothing behind");
+    }
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn sysctls_are_per_namespace() {
+    let ns = Netns::new("sysctl");
+    let host_value = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let (before, changed, again) = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        let before = kernel.sysctl_get("net.ipv4.ip_forward").unwrap();
+        let changed = kernel.sysctl_set("net.ipv4.ip_forward", "1").unwrap();
+        let again = kernel.sysctl_set("net.ipv4.ip_forward", "1").unwrap();
+        (before, changed, again)
+    });
+    assert_eq!(before, "0", "a new namespace starts without forwarding");
+    assert!(changed && !again);
+    assert_eq!(sh("ip", &["netns", "exec", &ns.name, "cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), host_value, "host untouched");
+}
+
+struct Fixed(DesiredState);
+
+impl DesiredSource<NetlinkKernel> for Fixed {
+    async fn desired(&mut self, _kernel: &NetlinkKernel) -> Result<DesiredState, BoxError> {
+        Ok(self.0.clone())
+    }
+}
+
+struct NoHost;
+
+impl Host for NoHost {
+    fn sync_nat(&self, _plan: &trellis_agent::desired::NatPlan) -> Result<bool, BoxError> {
+        Ok(false)
+    }
+    fn write_cni(&self, _config: &trellis_agent::desired::CniConfig) -> Result<bool, BoxError> {
+        Ok(false)
+    }
+}
+
+/// Polls `check` (every 50 ms, at most ~10 s) until it holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+type Passes = Vec<(Trigger, BTreeMap<&'static str, usize>)>;
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn reconcile_loop_repairs_out_of_band_deletions_on_kernel_events() {
+    let ns = Netns::new("drift");
+    let name = ns.name.clone();
+    let passes: Passes = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let events = netlink::subscribe().unwrap();
+        let mut source = Fixed(desired(4096, TWO_PEERS));
+        // Resync an hour away: within the test only kernel events can repair drift.
+        let options = LoopOptions { resync_interval: Duration::from_secs(3600), debounce: Duration::from_millis(100) };
+        let stop = tokio::sync::Notify::new();
+        let passes: std::cell::RefCell<Passes> = Default::default();
+        let record = |t: Trigger, r: &Result<reconcile::PassReport, reconcile::ReconcileError>| {
+            passes.borrow_mut().push((t, r.as_ref().unwrap().counts()));
+        };
+        let ip = |args: &[&str]| {
+            let mut full = vec!["-n", name.as_str()];
+            full.extend_from_slice(args);
+            Command::new("ip").args(&full).output().unwrap()
+        };
+        let has_route =
+            |dst: &str| String::from_utf8_lossy(&ip(&["route", "show", "proto", "84"]).stdout).contains(dst);
+        let permanent_neighbours = || {
+            String::from_utf8_lossy(&ip(&["-j", "neigh", "show", "dev", VX, "nud", "permanent"]).stdout)
+                .matches("lladdr")
+                .count()
+        };
+        let driver = async {
+            eventually("initial pass", || has_route("10.244.3.0/26") && permanent_neighbours() == 2).await;
+            // A peer route disappears.
+            assert!(ip(&["route", "del", "10.244.2.0/26", "proto", "84"]).status.success());
+            eventually("route restored", || has_route("10.244.2.0/26")).await;
+            // The whole VXLAN device disappears (with its neighbours, FDB and routes).
+            assert!(ip(&["link", "del", VX]).status.success());
+            eventually("device and routes restored", || {
+                has_route("10.244.2.0/26") && has_route("10.244.3.0/26") && permanent_neighbours() == 2
+            })
+            .await;
+            stop.notify_one();
+        };
+        tokio::join!(
+            reconcile::run(&kernel, &mut source, &NoHost, options, Some(events), stop.notified(), record),
+            driver
+        );
+        passes.take()
+    });
+    assert_eq!(passes[0].0, Trigger::Start);
+    // Every repair came from a kernel event (resync is an hour away).
+    assert!(passes[1..].iter().all(|(t, _)| *t == Trigger::KernelEvent), "{passes:?}");
+    assert!(passes.iter().any(|(_, c)| c.get("route+") == Some(&1) && c.len() == 1), "{passes:?}");
+    assert!(passes[1..].iter().any(|(_, c)| c.get("link+") == Some(&1)), "{passes:?}");
+    assert_eq!(ns.fdb().len(), 2);
+}
