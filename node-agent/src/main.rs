@@ -101,6 +101,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Plain text when logging to a file (the test bed's agent logs).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     // One thread: the netlink sockets, /proc/sys and child processes all stay in the
@@ -160,13 +162,22 @@ async fn apply(path: PathBuf, once: bool, resync_interval: u64) -> anyhow::Resul
         return Ok(if summary.ok { ExitCode::SUCCESS } else { ExitCode::from(2) });
     }
 
-    let events = match netlink::subscribe() {
-        Ok(rx) => Some(rx),
-        Err(e) => {
-            tracing::warn!(error = %e, "no kernel event subscription; periodic resync only");
-            None
+    // Wake-ups: kernel notifications and edits of the snapshot file, on one channel.
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    match netlink::subscribe() {
+        Ok(mut kernel_events) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(event) = kernel_events.recv().await {
+                    if tx.send(event).is_err() {
+                        break;
+                    }
+                }
+            });
         }
-    };
+        Err(e) => tracing::warn!(error = %e, "no kernel event subscription; resync and file edits only"),
+    }
+    netlink::watch_file(source.path.clone(), Duration::from_millis(500), tx);
     let options = LoopOptions { resync_interval: Duration::from_secs(resync_interval.max(1)), ..Default::default() };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
@@ -176,6 +187,6 @@ async fn apply(path: PathBuf, once: bool, resync_interval: u64) -> anyhow::Resul
             _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
         }
     };
-    reconcile::run(&kernel, &mut source, &SystemHost, options, events, shutdown, |_, _| {}).await;
+    reconcile::run(&kernel, &mut source, &SystemHost, options, Some(events), shutdown, |_, _| {}).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -516,3 +516,52 @@ fn reconcile_loop_repairs_out_of_band_deletions_on_kernel_events() {
     assert!(passes[1..].iter().any(|(_, c)| c.get("link+") == Some(&1)), "{passes:?}");
     assert_eq!(ns.fdb().len(), 2);
 }
+
+/// Needs a kernel with ipip (`make test-vm` runs it in the full-kernel VM).
+#[test]
+#[ignore = "vm: needs the ipip module (full-kernel VM)"]
+fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
+    use trellis_agent::desired::{IPIP_DEVICE, IpipTunnel};
+    let ns = Netns::new("ipip");
+    let mut d = DesiredState {
+        mtu: 1480,
+        ipip: Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.0".parse().unwrap()) }),
+        ..Default::default()
+    };
+    let own: IpNet = "10.244.1.0/26".parse().unwrap();
+    d.routes.insert(own, Route { dst: own, kind: RouteKind::Blackhole });
+    let peer: IpNet = "10.244.2.0/26".parse().unwrap();
+    d.routes.insert(
+        peer,
+        Route {
+            dst: peer,
+            kind: RouteKind::Unicast { gateway: "192.168.1.2".parse().unwrap(), dev: IPIP_DEVICE.into(), onlink: true },
+        },
+    );
+    let (caps, rest) = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let caps = kernel.capabilities().await;
+        converge(&kernel, &d).await;
+        (caps, diff(&kernel.read(VX).await.unwrap(), &d))
+    });
+    assert!(caps.ipip, "{caps:?}");
+    assert!(rest.is_empty(), "{rest:#?}");
+    let link = &ns.ip_json(&["link", "show", IPIP_DEVICE])[0];
+    assert_eq!(link["mtu"], 1480);
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert!(ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("inet 10.244.1.0/32"));
+    assert_eq!(
+        ns.our_routes(),
+        vec!["10.244.1.0/26|||false|blackhole", "10.244.2.0/26|192.168.1.2|tunl0|true|unicast"]
+    );
+
+    // Removal: tunl0 stays (the kernel's fallback device cannot be deleted), down, without our address.
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &DesiredState::default()).await;
+    });
+    let link = &ns.ip_json(&["link", "show", IPIP_DEVICE])[0];
+    assert!(!link["flags"].as_array().unwrap().iter().any(|f| f == "UP"), "{link}");
+    assert!(!ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("10.244.1.0"));
+    assert!(ns.our_routes().is_empty());
+}

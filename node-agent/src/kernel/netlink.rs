@@ -543,8 +543,15 @@ impl Kernel for NetlinkKernel {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut query = RouteMessage::default();
             query.header.address_family = family;
-            let routes: Vec<RouteMessage> =
-                self.handle.route().get(query).execute().try_collect().await.map_err(|e| nl_error("dump routes", e))?;
+            let routes: Vec<RouteMessage> = match self.handle.route().get(query).execute().try_collect().await {
+                Ok(routes) => routes,
+                // A kernel booted without IPv6 refuses the dump; there are no IPv6 routes then.
+                Err(e) if family == AddressFamily::Inet6 => {
+                    tracing::debug!(error = %e, "no IPv6 route dump");
+                    Vec::new()
+                }
+                Err(e) => return Err(nl_error("dump routes", e)),
+            };
             for m in routes {
                 if route_table(&m) != u32::from(RouteHeader::RT_TABLE_MAIN)
                     || u8::from(m.header.protocol) != ROUTE_PROTOCOL
@@ -678,8 +685,8 @@ impl LinkProbe for NetlinkKernel {
     }
 }
 
-/// Something changed in the kernel that may be drift (a link, one of our routes, a permanent
-/// neighbour or an FDB entry).
+/// Something changed that may need a pass: in the kernel (a link, one of our routes, a permanent
+/// neighbour or an FDB entry) or, from [`watch_file`], in the snapshot file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelEvent;
 
@@ -717,4 +724,24 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, KernelError> 
         }
     });
     Ok(rx)
+}
+
+/// Sends a [`KernelEvent`] whenever `path`'s modification time or size changes (polled every
+/// `interval`), so editing a standalone snapshot is applied within a second, not at the next
+/// resync. Call inside a tokio runtime; stops when the receiver is gone.
+pub fn watch_file(path: std::path::PathBuf, interval: std::time::Duration, tx: mpsc::UnboundedSender<KernelEvent>) {
+    let stamp = move || std::fs::metadata(&path).ok().map(|m| (m.modified().ok(), m.len()));
+    tokio::spawn(async move {
+        let mut last = stamp();
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = stamp();
+            if now != last {
+                last = now;
+                if tx.send(KernelEvent).is_err() {
+                    break;
+                }
+            }
+        }
+    });
 }
