@@ -134,8 +134,9 @@ async fn plan(path: PathBuf, output: Output) -> anyhow::Result<ExitCode> {
     let snapshot = Snapshot::from_file(&path)?;
     let kernel = NetlinkKernel::new()?.with_vxlan_device(&snapshot.vxlan.device);
     let capabilities = caps::detect_passive(&kernel, &snapshot.vxlan.device).await;
+    let vxlan_device = snapshot.vxlan.device.clone();
     let desired = reconcile::desired_from_snapshot(&kernel, snapshot, capabilities).await?;
-    let changes = reconcile::preview(&kernel, &desired).await?;
+    let changes = reconcile::preview(&kernel, &desired, &vxlan_device).await?;
     let out =
         PlanOutput { capabilities, desired: &desired, changes: changes.iter().map(ToString::to_string).collect() };
     match output {
@@ -151,7 +152,7 @@ async fn apply(path: PathBuf, once: bool, resync_interval: u64) -> anyhow::Resul
     let kernel = NetlinkKernel::new()?.with_vxlan_device(&snapshot.vxlan.device);
     let caps = kernel.capabilities().await;
     tracing::info!(ipip = caps.ipip, vxlan = caps.vxlan, "kernel capabilities");
-    let mut source = SnapshotSource { path, caps };
+    let mut source = SnapshotSource::new(path, caps);
     if once {
         let report = reconcile::pass(&kernel, &mut source, &SystemHost).await?;
         for (pool, error) in &report.pool_errors {

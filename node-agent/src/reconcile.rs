@@ -40,6 +40,12 @@ pub enum ReconcileError {
 #[allow(async_fn_in_trait)]
 pub trait DesiredSource<K: Kernel> {
     async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError>;
+
+    /// The configured VXLAN device name, so a device stays found (and is removed) when no
+    /// pool uses VXLAN any more. Default: [`DEFAULT_VXLAN_DEVICE`].
+    fn vxlan_device(&self) -> &str {
+        DEFAULT_VXLAN_DEVICE
+    }
 }
 
 /// The non-netlink parts of the host: the nftables table and the CNI conflist.
@@ -65,12 +71,25 @@ impl Host for SystemHost {
 pub struct SnapshotSource {
     pub path: PathBuf,
     pub caps: Capabilities,
+    /// `vxlan.device` of the last snapshot read.
+    pub vxlan_device: String,
+}
+
+impl SnapshotSource {
+    pub fn new(path: PathBuf, caps: Capabilities) -> Self {
+        Self { path, caps, vxlan_device: DEFAULT_VXLAN_DEVICE.to_string() }
+    }
 }
 
 impl<K: Kernel> DesiredSource<K> for SnapshotSource {
     async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError> {
         let snapshot = Snapshot::from_file(&self.path)?;
+        self.vxlan_device = snapshot.vxlan.device.clone();
         Ok(desired_from_snapshot(kernel, snapshot, self.caps).await?)
+    }
+
+    fn vxlan_device(&self) -> &str {
+        &self.vxlan_device
     }
 }
 
@@ -103,9 +122,9 @@ pub async fn desired_from_snapshot<K: Kernel>(
     Ok(crate::plan::plan(&snapshot, caps)?)
 }
 
-/// The VXLAN device name to read for `desired`.
-pub fn vxlan_device(desired: &DesiredState) -> &str {
-    desired.vxlan.as_ref().map_or(DEFAULT_VXLAN_DEVICE, |t| t.name.as_str())
+/// The VXLAN device name to read for `desired` (`fallback` when no pool uses VXLAN).
+pub fn vxlan_device<'a>(desired: &'a DesiredState, fallback: &'a str) -> &'a str {
+    desired.vxlan.as_ref().map_or(fallback, |t| t.name.as_str())
 }
 
 /// What one pass did.
@@ -150,9 +169,14 @@ impl PassReport {
     }
 }
 
-/// The changes a pass would make, without making them (for `plan`).
-pub async fn preview<K: Kernel>(kernel: &K, desired: &DesiredState) -> Result<Vec<Change>, ReconcileError> {
-    let current = kernel.read(vxlan_device(desired)).await.map_err(ReconcileError::Read)?;
+/// The changes a pass would make, without making them (for `plan`). `vxlan_fallback` is the
+/// VXLAN device name to look at when no pool uses VXLAN.
+pub async fn preview<K: Kernel>(
+    kernel: &K,
+    desired: &DesiredState,
+    vxlan_fallback: &str,
+) -> Result<Vec<Change>, ReconcileError> {
+    let current = kernel.read(vxlan_device(desired, vxlan_fallback)).await.map_err(ReconcileError::Read)?;
     Ok(diff(&current, desired))
 }
 
@@ -163,7 +187,7 @@ pub async fn pass<K: Kernel, S: DesiredSource<K>, H: Host>(
     host: &H,
 ) -> Result<PassReport, ReconcileError> {
     let desired = source.desired(kernel).await.map_err(ReconcileError::Desired)?;
-    let changes = preview(kernel, &desired).await?;
+    let changes = preview(kernel, &desired, source.vxlan_device()).await?;
     let mut report = PassReport { kernel: apply(kernel, &changes).await, ..Default::default() };
 
     // After the devices exist: per-interface sysctls need them.

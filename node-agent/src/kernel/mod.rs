@@ -252,12 +252,13 @@ pub(crate) mod fake {
         /// Changes matching this predicate fail with EINVAL.
         pub refuse: RefCell<Option<Refusal>>,
         pub sysctls: RefCell<BTreeMap<String, String>>,
-        pub reads: RefCell<usize>,
+        /// VXLAN device names asked for by `read`.
+        pub reads: RefCell<Vec<String>>,
     }
 
     impl Kernel for FakeKernel {
-        async fn read(&self, _vxlan_device: &str) -> Result<KernelState, KernelError> {
-            *self.reads.borrow_mut() += 1;
+        async fn read(&self, vxlan_device: &str) -> Result<KernelState, KernelError> {
+            self.reads.borrow_mut().push(vxlan_device.to_string());
             Ok(self.state.borrow().clone())
         }
 

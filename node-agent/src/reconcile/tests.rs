@@ -116,6 +116,32 @@ fn refused_change_is_reported_and_others_still_apply() {
     });
 }
 
+struct Custom(DesiredState);
+
+impl DesiredSource<FakeKernel> for Custom {
+    async fn desired(&mut self, _kernel: &FakeKernel) -> Result<DesiredState, BoxError> {
+        Ok(self.0.clone())
+    }
+    fn vxlan_device(&self) -> &str {
+        "vx.custom"
+    }
+}
+
+#[test]
+fn configured_vxlan_name_is_read_when_no_pool_uses_vxlan() {
+    rt().block_on(async {
+        let kernel = FakeKernel::default();
+        let mut with_vxlan = desired();
+        with_vxlan.vxlan.as_mut().unwrap().name = "vx.custom".into();
+        pass(&kernel, &mut Custom(with_vxlan), &FakeHost::default()).await.unwrap();
+        // Pools moved to IPIP: the device must still be found to be removed.
+        let report = pass(&kernel, &mut Custom(DesiredState::default()), &FakeHost::default()).await.unwrap();
+        assert_eq!(*kernel.reads.borrow(), vec!["vx.custom", "vx.custom"]);
+        assert_eq!(report.counts().get("link-"), Some(&1), "{:?}", report.counts());
+        assert!(kernel.state.borrow().vxlan.is_none());
+    });
+}
+
 type Passes = Rc<RefCell<Vec<(Trigger, usize)>>>;
 
 /// Runs the loop next to `driver` until the driver returns; the loop's passes are recorded.
