@@ -49,6 +49,10 @@ pub struct DesiredState {
     pub sysctls: Vec<Sysctl>,
     /// Per-pool outcome: what the pool does on this node, or why it cannot.
     pub pools: Vec<PoolPlan>,
+    /// Things the planner left out and why (a block in no pool, a peer that cannot be reached,
+    /// ...), in words a human understands. Not kernel state: empty in a kernel read-back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `tunl0`: the kernel's fallback IPIP device, adopted rather than created.
@@ -117,7 +121,8 @@ pub struct FdbEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NatPlan {
-    /// CIDRs of enabled pools with natOutgoing: their traffic leaving the pools is masqueraded.
+    /// CIDRs of pools with natOutgoing (disabled ones too: their running pods keep egress):
+    /// their traffic leaving the pools is masqueraded.
     pub nat_sources: Vec<IpNet>,
     /// CIDRs of all pools (enabled or not): destinations that are never masqueraded.
     pub all_pools: Vec<IpNet>,
@@ -131,12 +136,30 @@ pub struct CniConfig {
     pub conflist: serde_json::Value,
 }
 
-/// A sysctl the agent owns, e.g. `net.ipv4.ip_forward = 1`.
+/// A sysctl the agent owns, e.g. `net.ipv4.ip_forward = 1`. The key uses sysctl(8)
+/// notation: components separated by `.`, a `.` inside an interface name written as `/`
+/// (`net.ipv4.conf.vxlan/trellis.rp_filter`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sysctl {
     pub key: String,
     pub value: String,
+}
+
+impl Sysctl {
+    /// The file under `/proc/sys` that holds this sysctl (in the caller's network namespace).
+    pub fn proc_path(&self) -> std::path::PathBuf {
+        let rel: String = self
+            .key
+            .chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect();
+        std::path::Path::new("/proc/sys").join(rel)
+    }
 }
 
 /// The outcome for one pool on this node.

@@ -1,0 +1,191 @@
+//! The planner: a pure function from a [`Snapshot`] (plus the kernel's capabilities) to the
+//! [`DesiredState`] of this node.
+//!
+//! It never touches the kernel or the disk, so every decision is unit- and property-tested and
+//! `trellis-agent plan --snapshot FILE` shows exactly what `apply` would do. The work is split
+//! by concept:
+//! * [`pools`]: each pool's effective encapsulation and whether this node can honour it;
+//! * [`routes`]: one route per peer block, neighbours/FDB for VXLAN, blackholes for own blocks;
+//! * [`mtu`]: the pod MTU and the tunnel devices' MTUs;
+//! * here: devices, sysctls, the NAT plan and the CNI conflist (rendered by [`crate::cni`]).
+//!
+//! Calico semantics where nothing else is said. Problems confined to one pool, peer or block
+//! (a pool needing a tunnel this kernel lacks, a peer that cannot be reached, a block in no
+//! pool) never fail the plan: they become the pool's `error` or a `warning`, and everything
+//! else is still planned. Only snapshots that make no sense as a whole are a [`PlanError`].
+//! Output is sorted everywhere, so identical snapshots give identical plans whatever the
+//! order of their lists.
+
+mod mtu;
+mod pools;
+mod routes;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::desired::{Capabilities, DesiredState, IPIP_DEVICE, IpipTunnel, NatPlan, Sysctl, VxlanTunnel};
+use crate::snapshot::{CniPlugin, Snapshot};
+use crate::vtep::{MacAddr, tunnel_address_for};
+
+use pools::{Pools, is_ipip, is_vxlan};
+
+/// A snapshot the planner cannot turn into a desired state at all.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "the MTU of uplink {uplink:?} is unknown and no MTU is configured (set the Installation's \
+         spec.network.mtu, or let the agent read the uplink's MTU)"
+    )]
+    MissingUplinkMtu { uplink: String },
+    #[error("MTU {mtu} is below the minimum of {min}")]
+    MtuTooSmall { mtu: u32, min: u32 },
+    #[error("the node has no uplink interface name")]
+    MissingUplink,
+    #[error("pool {0:?} appears more than once in the snapshot")]
+    DuplicatePool(String),
+    #[error("peer {0:?} appears more than once in the snapshot")]
+    DuplicatePeer(String),
+    #[error("peer {0:?} has this node's own name")]
+    PeerIsSelf(String),
+}
+
+/// Pure: what this node's kernel and files should look like. `snapshot.node.uplink_mtu` must be
+/// filled in by the caller (from the kernel) unless `snapshot.mtu` overrides it.
+pub fn plan(snapshot: &Snapshot, caps: Capabilities) -> Result<DesiredState, PlanError> {
+    validate(snapshot)?;
+    let node = &snapshot.node;
+    let pools = Pools::new(&snapshot.pools, node, caps);
+    let mut warnings: Vec<String> = snapshot
+        .pools
+        .iter()
+        .filter(|p| p.cidr != p.cidr.trunc())
+        .map(|p| format!("pool {} has host bits set in its cidr {}; using {}", p.name, p.cidr, p.cidr.trunc()))
+        .collect();
+
+    let programmed = || pools.iter().filter(|p| p.programmed());
+    let mtus = mtu::compute(
+        snapshot.mtu,
+        &node.uplink,
+        node.uplink_mtu,
+        mtu::Overheads::for_underlay(node.address.addr()),
+        programmed().any(|p| is_ipip(p.encap)),
+        programmed().any(|p| is_vxlan(p.encap)),
+    )?;
+
+    // Devices exist when some pool can use them: receiving works before any peer exists,
+    // which is what phase 1 of a live mode change relies on.
+    let tunnel_address = node.tunnel_address.or_else(|| tunnel_address_for(&node.blocks));
+    let mac = node.vtep_mac.unwrap_or_else(|| MacAddr::for_node(&node.name));
+    let usable = || pools.iter().filter(|p| p.tunnel_usable());
+    let ipip = usable().any(|p| is_ipip(p.encap)).then_some(IpipTunnel {
+        mtu: mtus.ipip_device,
+        address: match tunnel_address {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        },
+    });
+    let vxlan = usable().any(|p| is_vxlan(p.encap)).then(|| VxlanTunnel {
+        name: snapshot.vxlan.device.clone(),
+        vni: snapshot.vxlan.vni,
+        port: snapshot.vxlan.port,
+        mac,
+        local: node.address.addr(),
+        uplink: node.uplink.clone(),
+        mtu: mtus.vxlan_device,
+        address: tunnel_address,
+    });
+
+    // With the bridge plugin the bridge's connected route covers the node's blocks; a
+    // blackhole with the same destination would replace it and cut the pods off.
+    let blackholes = snapshot.cni.plugin == CniPlugin::Ptp;
+    let vtep = routes::LocalVtep { device: &snapshot.vxlan.device, mac, tunnel_address };
+    let routing = routes::plan(node, &snapshot.peers, &pools, &vtep, blackholes);
+    warnings.extend(routing.warnings);
+
+    let cni_blocks: Vec<IpNet> = routes::canonical(&node.blocks)
+        .into_iter()
+        .filter(|b| pools.owner_of(b).is_some_and(|p| p.programmed() && !p.disabled))
+        .collect();
+    let (cni, cni_warnings) = crate::cni::render(&snapshot.cni, mtus.pod, &cni_blocks);
+    warnings.extend(cni_warnings);
+
+    let sysctls = sysctls(
+        programmed().any(|p| p.cidr.addr().is_ipv6()),
+        [ipip.as_ref().map(|_| IPIP_DEVICE), vxlan.as_ref().map(|v| v.name.as_str())].into_iter().flatten(),
+    );
+
+    Ok(DesiredState {
+        mtu: mtus.pod,
+        ipip,
+        vxlan,
+        routes: routing.routes,
+        neighbours: routing.neighbours.into_iter().collect(),
+        fdb: routing.fdb.into_iter().collect(),
+        nat: nat_plan(&pools),
+        cni,
+        sysctls,
+        pools: pools.iter().map(|p| p.outcome()).collect(),
+        warnings,
+    })
+}
+
+fn validate(snapshot: &Snapshot) -> Result<(), PlanError> {
+    if snapshot.node.uplink.is_empty() {
+        return Err(PlanError::MissingUplink);
+    }
+    let mut seen = BTreeSet::new();
+    for pool in &snapshot.pools {
+        if !seen.insert(pool.name.as_str()) {
+            return Err(PlanError::DuplicatePool(pool.name.clone()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for peer in &snapshot.peers {
+        if peer.name == snapshot.node.name {
+            return Err(PlanError::PeerIsSelf(peer.name.clone()));
+        }
+        if !seen.insert(peer.name.as_str()) {
+            return Err(PlanError::DuplicatePeer(peer.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Masquerade from NAT-enabled pools to anywhere outside all pools. Disabled pools keep their
+/// NAT (their running pods keep egress); pools that are not programmed at all do not get NAT
+/// but still count as pool destinations, so traffic into them is never masqueraded.
+fn nat_plan(pools: &Pools) -> NatPlan {
+    let nat_sources: BTreeSet<IpNet> =
+        pools.iter().filter(|p| p.programmed() && p.nat_outgoing).map(|p| p.cidr).collect();
+    let all_pools: BTreeSet<IpNet> = pools.iter().map(|p| p.cidr).collect();
+    NatPlan { nat_sources: nat_sources.into_iter().collect(), all_pools: all_pools.into_iter().collect() }
+}
+
+/// sysctl(8) key of a per-device setting; a `.` inside the device name is written `/`.
+fn device_sysctl(family: &str, dev: &str, leaf: &str) -> String {
+    format!("net.{family}.conf.{}.{leaf}", dev.replace('.', "/"))
+}
+
+/// Forwarding for the pod families in use, and loose reverse-path filtering on the tunnels.
+///
+/// Why loose (2) on the tunnels: a packet may arrive on a tunnel while this node's route back
+/// to its source goes elsewhere — during a live mode change peers switch encapsulation at
+/// different moments, and CrossSubnet decides per side from each node's own subnet prefix.
+/// Strict mode would drop those packets. The kernel uses max(conf.all, conf.<dev>), so 2 on the
+/// device means loose whatever `all` says, while sources with no route at all are still dropped.
+fn sysctls<'a>(ipv6: bool, tunnels: impl Iterator<Item = &'a str>) -> Vec<Sysctl> {
+    let mut out = vec![Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() }];
+    if ipv6 {
+        out.push(Sysctl { key: "net.ipv6.conf.all.forwarding".into(), value: "1".into() });
+    }
+    out.extend(tunnels.map(|dev| Sysctl { key: device_sysctl("ipv4", dev, "rp_filter"), value: "2".into() }));
+    out.sort();
+    out
+}

@@ -1,0 +1,259 @@
+//! Routes, neighbours and FDB entries: how this node reaches every other node's blocks.
+//!
+//! One route per destination block, chosen by the block's pool and where the peer sits:
+//! * direct (no encapsulation, or CrossSubnet towards a peer inside this node's subnet):
+//!   `<block> via <peer node IP> dev <uplink>`;
+//! * no encapsulation towards a peer outside this node's subnet: no route — only BGP could
+//!   carry it, and Trellis does not run BGP — plus a warning naming the pool and the peer;
+//! * IPIP: `<block> via <peer node IP> dev tunl0 onlink` (the kernel encapsulates to the
+//!   gateway, which need not be on-link on tunl0, hence `onlink`);
+//! * VXLAN: `<block> via <peer tunnel IP> dev <vxlan> onlink`, resolved by a permanent
+//!   neighbour (peer tunnel IP → peer VTEP MAC) and FDB entry (peer MAC → peer node IP). With
+//!   learning off these two are the only way the device finds the peer, so they exist exactly
+//!   when a route uses them (and the applier installs them first).
+//!
+//! The node's own blocks become blackholes so traffic to unallocated pod IPs stops here instead
+//! of following the default route back out. A peer block that overlaps one of ours, or that
+//! two peers claim, is never routed: the first claimant by name wins and the rest is reported.
+//! Every decision is made in a fixed order (pools, peers and blocks sorted), so the output is
+//! a function of the snapshot's content, not of its ordering.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::desired::{Encapsulation, FdbEntry, IPIP_DEVICE, Neighbour, Route, RouteKind};
+use crate::snapshot::{LocalNode, Peer};
+use crate::vtep::{MacAddr, tunnel_address_for};
+
+use super::pools::{PoolView, Pools};
+
+/// What the routing part of the plan produces.
+#[derive(Debug, Default)]
+pub(super) struct Routing {
+    pub routes: BTreeMap<IpNet, Route>,
+    pub neighbours: BTreeSet<Neighbour>,
+    pub fdb: BTreeSet<FdbEntry>,
+    pub warnings: Vec<String>,
+}
+
+/// This node's side of the VXLAN device, needed to spot identity clashes with peers.
+pub(super) struct LocalVtep<'a> {
+    pub device: &'a str,
+    pub mac: MacAddr,
+    pub tunnel_address: Option<IpAddr>,
+}
+
+/// Canonical, sorted, de-duplicated blocks.
+pub(super) fn canonical(blocks: &[IpNet]) -> BTreeSet<IpNet> {
+    blocks.iter().map(IpNet::trunc).collect()
+}
+
+fn same_family(net: &IpNet, addr: IpAddr) -> bool {
+    matches!((net, addr), (IpNet::V4(_), IpAddr::V4(_)) | (IpNet::V6(_), IpAddr::V6(_)))
+}
+
+/// The tunnel IP a peer answers to for blocks of `block`'s family: its published tunnel
+/// address when it has that family, else the convention of [`tunnel_address_for`] applied to
+/// its blocks of that family (what the peer derives for itself).
+pub(super) fn peer_tunnel_ip(peer: &Peer, block: &IpNet) -> Option<IpAddr> {
+    match peer.tunnel_address {
+        Some(addr) if same_family(block, addr) => Some(addr),
+        _ => {
+            let family: Vec<IpNet> = peer.blocks.iter().filter(|b| same_family(block, b.network())).copied().collect();
+            tunnel_address_for(&family)
+        }
+    }
+}
+
+/// Plans routes for own blocks (blackholes, when `blackholes`) and every peer block.
+pub(super) fn plan(node: &LocalNode, peers: &[Peer], pools: &Pools, vtep: &LocalVtep, blackholes: bool) -> Routing {
+    let mut out = Routing::default();
+    let own = canonical(&node.blocks);
+    for block in &own {
+        match pools.owner_of(block) {
+            None => out.warnings.push(format!("block {block} of this node is in no pool; ignored")),
+            Some(pool) if pool.programmed() && blackholes => {
+                out.routes.insert(*block, Route { dst: *block, kind: RouteKind::Blackhole });
+            }
+            Some(_) => {}
+        }
+    }
+
+    let mut sorted: Vec<&Peer> = peers.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut claims = Claims::new(vtep);
+    for peer in sorted {
+        plan_peer(node, peer, pools, vtep, &own, &mut claims, &mut out);
+    }
+    out
+}
+
+/// Who already uses which block, MAC and tunnel IP (first by peer name wins).
+struct Claims {
+    blocks: BTreeMap<IpNet, String>,
+    macs: BTreeMap<MacAddr, String>,
+    tunnel_ips: BTreeMap<IpAddr, String>,
+}
+
+const THIS_NODE: &str = "this node";
+
+impl Claims {
+    fn new(vtep: &LocalVtep) -> Self {
+        let mut c = Self { blocks: BTreeMap::new(), macs: BTreeMap::new(), tunnel_ips: BTreeMap::new() };
+        c.macs.insert(vtep.mac, THIS_NODE.to_string());
+        if let Some(addr) = vtep.tunnel_address {
+            c.tunnel_ips.insert(addr, THIS_NODE.to_string());
+        }
+        c
+    }
+
+    /// Claims `key` for `peer`; returns the other owner when it is taken.
+    fn claim<K: Ord>(map: &mut BTreeMap<K, String>, key: K, peer: &str) -> Result<(), String> {
+        match map.get(&key) {
+            Some(owner) if owner != peer => Err(owner.clone()),
+            Some(_) => Ok(()),
+            None => {
+                map.insert(key, peer.to_string());
+                Ok(())
+            }
+        }
+    }
+}
+
+fn plan_peer(
+    node: &LocalNode,
+    peer: &Peer,
+    pools: &Pools,
+    vtep: &LocalVtep,
+    own: &BTreeSet<IpNet>,
+    claims: &mut Claims,
+    out: &mut Routing,
+) {
+    let my_subnet = node.address.trunc();
+    let peer_ip = peer.address.addr();
+    let in_subnet = my_subnet.contains(&peer_ip);
+    let peer_mac = peer.vtep_mac.unwrap_or_else(|| MacAddr::for_node(&peer.name));
+    // Blocks of a pool without encapsulation that no direct route can reach, per pool.
+    let mut unreachable: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
+
+    for block in canonical(&peer.blocks) {
+        let Some(pool) = pools.owner_of(&block) else {
+            out.warnings.push(format!("block {block} of peer {} is in no pool; ignored", peer.name));
+            continue;
+        };
+        if !pool.programmed() {
+            continue; // the pool's own error says why
+        }
+        if let Some(mine) = own.iter().find(|o| o.contains(&block) || block.contains(*o)) {
+            out.warnings
+                .push(format!("block {block} of peer {} overlaps this node's block {mine}; not routed", peer.name));
+            continue;
+        }
+        if let Some(owner) = claims.blocks.get(&block) {
+            out.warnings
+                .push(format!("block {block} is claimed by peers {owner} and {}; routed to {owner} only", peer.name));
+            continue;
+        }
+        let route = match pool.encapsulate_to(in_subnet) {
+            Encapsulation::None if !in_subnet => {
+                unreachable.entry(pool.name.as_str()).or_default().push(block);
+                None
+            }
+            Encapsulation::None => direct(node, peer, &block, out),
+            Encapsulation::Ipip(_) => ipip(peer, pool, &block, out),
+            Encapsulation::Vxlan(_) => vxlan(node, peer, pool, &block, vtep, peer_mac, claims, out),
+        };
+        if let Some(kind) = route {
+            claims.blocks.insert(block, peer.name.clone());
+            out.routes.insert(block, Route { dst: block, kind });
+        }
+    }
+
+    for (pool, blocks) in unreachable {
+        let list: Vec<String> = blocks.iter().map(ToString::to_string).collect();
+        out.warnings.push(format!(
+            "pool {pool}: peer {} ({peer_ip}) is outside this node's subnet {my_subnet} and the pool has no \
+             encapsulation, so its blocks {} are not routed (crossing subnets without encapsulation needs BGP, \
+             which Trellis does not run; use ipipMode or vxlanMode CrossSubnet)",
+            peer.name,
+            list.join(", ")
+        ));
+    }
+}
+
+fn direct(node: &LocalNode, peer: &Peer, block: &IpNet, out: &mut Routing) -> Option<RouteKind> {
+    let gateway = peer.address.addr();
+    if !same_family(block, gateway) {
+        out.warnings.push(format!(
+            "block {block} of peer {} cannot be routed directly via its address {gateway} (other address family); \
+             not routed",
+            peer.name
+        ));
+        return None;
+    }
+    Some(RouteKind::Unicast { gateway, dev: node.uplink.clone(), onlink: false })
+}
+
+fn ipip(peer: &Peer, pool: &PoolView, block: &IpNet, out: &mut Routing) -> Option<RouteKind> {
+    if !pool.tunnel_usable() {
+        return None; // the pool's error says why
+    }
+    let gateway = peer.address.addr();
+    if !gateway.is_ipv4() {
+        out.warnings.push(format!(
+            "block {block} of peer {} needs IPIP but the peer's address {gateway} is not IPv4; not routed",
+            peer.name
+        ));
+        return None;
+    }
+    Some(RouteKind::Unicast { gateway, dev: IPIP_DEVICE.to_string(), onlink: true })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn vxlan(
+    node: &LocalNode,
+    peer: &Peer,
+    pool: &PoolView,
+    block: &IpNet,
+    vtep: &LocalVtep,
+    peer_mac: MacAddr,
+    claims: &mut Claims,
+    out: &mut Routing,
+) -> Option<RouteKind> {
+    if !pool.tunnel_usable() {
+        return None; // the pool's error says why
+    }
+    let peer_ip = peer.address.addr();
+    if peer_ip.is_ipv6() != node.address.addr().is_ipv6() {
+        out.warnings.push(format!(
+            "block {block} of peer {} needs VXLAN but the peer's address {peer_ip} is of another family than this \
+             node's {} (one VXLAN device has one underlay family); not routed",
+            peer.name,
+            node.address.addr()
+        ));
+        return None;
+    }
+    let Some(tunnel_ip) = peer_tunnel_ip(peer, block) else {
+        out.warnings.push(format!("peer {} has no tunnel address for block {block}; not routed", peer.name));
+        return None;
+    };
+    if let Err(owner) = Claims::claim(&mut claims.macs, peer_mac, &peer.name) {
+        out.warnings.push(format!(
+            "peer {} has VTEP MAC {peer_mac}, already used by {owner}; block {block} not routed",
+            peer.name
+        ));
+        return None;
+    }
+    if let Err(owner) = Claims::claim(&mut claims.tunnel_ips, tunnel_ip, &peer.name) {
+        out.warnings.push(format!(
+            "peer {} has tunnel address {tunnel_ip}, already used by {owner}; block {block} not routed",
+            peer.name
+        ));
+        return None;
+    }
+    out.neighbours.insert(Neighbour { dev: vtep.device.to_string(), ip: tunnel_ip, mac: peer_mac });
+    out.fdb.insert(FdbEntry { dev: vtep.device.to_string(), mac: peer_mac, dst: peer_ip });
+    Some(RouteKind::Unicast { gateway: tunnel_ip, dev: vtep.device.to_string(), onlink: true })
+}
