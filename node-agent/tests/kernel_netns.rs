@@ -417,16 +417,22 @@ fn capabilities_match_what_the_kernel_can_create() {
 fn sysctls_are_per_namespace() {
     let ns = Netns::new("sysctl");
     let host_value = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
-    let (before, changed, again) = ns.run(|| async {
+    ns.ip(&["link", "add", VX, "type", "vxlan", "id", "5", "dstport", "4789"]);
+    let (before, changed, again, per_device) = ns.run(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         let before = kernel.sysctl_get("net.ipv4.ip_forward").unwrap();
         let changed = kernel.sysctl_set("net.ipv4.ip_forward", "1").unwrap();
         let again = kernel.sysctl_set("net.ipv4.ip_forward", "1").unwrap();
-        (before, changed, again)
+        // sysctl(8) spelling of a device name with a dot.
+        let per_device = kernel.sysctl_set("net.ipv4.conf.vxlan/trellis.rp_filter", "2").unwrap();
+        (before, changed, again, per_device)
     });
     assert_eq!(before, "0", "a new namespace starts without forwarding");
     assert!(changed && !again);
-    assert_eq!(sh("ip", &["netns", "exec", &ns.name, "cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+    let cat = |path: &str| sh("ip", &["netns", "exec", &ns.name, "cat", path]).trim().to_string();
+    assert_eq!(cat("/proc/sys/net/ipv4/ip_forward"), "1");
+    assert!(per_device);
+    assert_eq!(cat("/proc/sys/net/ipv4/conf/vxlan.trellis/rp_filter"), "2");
     assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), host_value, "host untouched");
 }
 

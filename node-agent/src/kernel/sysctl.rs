@@ -1,10 +1,8 @@
 //! Sysctls of the calling thread's network namespace, through `/proc/sys`.
 //!
 //! `net.*` entries under `/proc/sys` belong to the network namespace of the task that opens
-//! them, so this works per namespace like the rest of the kernel layer. Interface names may
-//! contain dots (`vxlan.trellis`), so `net.ipv4.conf.vxlan.trellis.rp_filter` is split as
-//! prefix / interface / setting rather than by replacing every dot; `/`-separated keys are
-//! taken as paths as they are.
+//! them, so this works per namespace like the rest of the kernel layer. Keys follow sysctl(8),
+//! including its escape for interface names with dots (`vxlan/trellis`), see [`path`].
 
 use std::path::PathBuf;
 
@@ -16,13 +14,25 @@ pub enum SysctlError {
     Io { key: String, source: std::io::Error },
 }
 
-/// The `/proc/sys` path of a key.
+/// The `/proc/sys` path of a key, following sysctl(8): a key whose first separator is `/` is a
+/// path; otherwise `.` separates and `/` stands for a `.` inside a name
+/// (`net.ipv4.conf.vxlan/trellis.rp_filter`). A dotted key without `/` whose interface name has
+/// dots (`net.ipv4.conf.vxlan.trellis.rp_filter`) is split as prefix / interface / setting.
 pub fn path(key: &str) -> Result<PathBuf, SysctlError> {
-    if key.is_empty() || key.contains("..") || key.starts_with(['.', '/']) {
+    if key.is_empty() || key.contains("..") || key.starts_with(['.', '/']) || key.ends_with(['.', '/']) {
         return Err(SysctlError::InvalidKey(key.to_string()));
     }
-    let rel = if key.contains('/') {
+    let first_separator = key.find(['.', '/']);
+    let rel = if first_separator.is_some_and(|i| key.as_bytes()[i] == b'/') {
         key.to_string()
+    } else if key.contains('/') {
+        key.chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect()
     } else {
         let parts: Vec<&str> = key.split('.').collect();
         let per_interface = parts.len() > 4
@@ -73,10 +83,14 @@ mod tests {
             PathBuf::from("/proc/sys/net/ipv4/conf/all/rp_filter")
         );
         assert_eq!(
+            path("net.ipv4.conf.vxlan/trellis.rp_filter").unwrap(),
+            PathBuf::from("/proc/sys/net/ipv4/conf/vxlan.trellis/rp_filter")
+        );
+        assert_eq!(
             path("net/ipv4/conf/vxlan.trellis/forwarding").unwrap(),
             PathBuf::from("/proc/sys/net/ipv4/conf/vxlan.trellis/forwarding")
         );
-        for bad in ["", "../etc/passwd", "/etc/passwd", "net..x"] {
+        for bad in ["", "../etc/passwd", "/etc/passwd", "net..x", "net.ipv4."] {
             assert!(path(bad).is_err(), "{bad}");
         }
     }
