@@ -1,0 +1,209 @@
+//! Root tests of the `trellis-agent` binary: `plan` and `apply` run with `ip netns exec` in a
+//! fresh network namespace (veth uplink), checked with `ip -j`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_trellis-agent");
+
+/// A network namespace with a veth uplink `eth0` (192.168.1.1/24); deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("trc-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
+        ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0p", "up"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["ip", "-j", "-d", "-n", &self.name];
+        full.extend_from_slice(args);
+        let out = sh(&full);
+        if out.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(&out).unwrap() }
+    }
+
+    /// Everything the agent could touch, rendered for before/after comparisons.
+    fn fingerprint(&self) -> String {
+        [
+            self.ip(&["-d", "link", "show"]),
+            self.ip(&["addr", "show"]),
+            self.ip(&["route", "show", "table", "all"]),
+            self.ip(&["neigh", "show", "nud", "permanent"]),
+            sh(&["ip", "netns", "exec", &self.name, "cat", "/proc/sys/net/ipv4/ip_forward"]),
+        ]
+        .join("\n")
+    }
+
+    fn our_routes(&self) -> Vec<String> {
+        let mut routes: Vec<String> = self
+            .json(&["route", "show", "proto", "84"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {}", r["dst"].as_str().unwrap(), r["dev"].as_str().unwrap_or("blackhole")))
+            .collect();
+        routes.sort();
+        routes
+    }
+
+    /// `ip netns exec NS trellis-agent ARGS`.
+    fn agent(&self, args: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.name, AGENT]).args(args).output().unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A long-running agent; killed on drop if the test did not stop it.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// This node (node 1, block 10.244.1.0/26) with `peers` (n → 192.168.1.n, block 10.244.n.0/26)
+/// in one pool with the given modes; CNI files under `dir`.
+fn snapshot(dir: &Path, ipip: &str, vxlan: &str, peers: &[u8]) -> String {
+    let peers: String = peers
+        .iter()
+        .map(|n| format!("  - name: node-{n}\n    address: 192.168.1.{n}/24\n    blocks: [10.244.{n}.0/26]\n"))
+        .collect();
+    format!(
+        "node:\n  name: node-1\n  address: 192.168.1.1/24\n  uplink: eth0\n  blocks: [10.244.1.0/26]\n\
+         peers:\n{peers}\
+         pools:\n  - name: default-ipv4-ippool\n    cidr: 10.244.0.0/16\n    ipipMode: {ipip}\n    vxlanMode: {vxlan}\n    natOutgoing: true\n\
+         cni:\n  confDir: {dir}/net.d\n  ipamDataDir: {dir}/ipam\n",
+        dir = dir.display()
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn temp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.yaml");
+    (dir, file)
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "agent failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+#[ignore = "root: runs the agent in a network namespace"]
+fn plan_is_read_only() {
+    let ns = Netns::new("plan");
+    let (dir, file) = temp();
+    let before = ns.fingerprint();
+    for (ipip, vxlan) in [("Always", "Never"), ("Never", "Always")] {
+        write(&file, &snapshot(dir.path(), ipip, vxlan, &[2, 3]));
+        let out = stdout(&ns.agent(&["plan", "--snapshot", file.to_str().unwrap()]));
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+        assert!(yaml["changes"].as_sequence().is_some_and(|c| !c.is_empty()), "{yaml:?}");
+    }
+    let plan: Value =
+        serde_json::from_str(&stdout(&ns.agent(&["plan", "--snapshot", file.to_str().unwrap(), "--output", "json"])))
+            .unwrap();
+    assert_eq!(plan["desired"]["vxlan"]["name"], "vxlan.trellis");
+    assert_eq!(plan["desired"]["vxlan"]["mtu"], 1450, "uplink MTU 1500 read from the kernel, minus VXLAN");
+    let changes = plan["changes"].as_array().unwrap();
+    assert!(
+        changes.iter().any(|c| c.as_str().unwrap().starts_with("link add vxlan.trellis type vxlan")),
+        "{changes:?}"
+    );
+    assert_eq!(ns.fingerprint(), before, "plan must not change anything");
+    assert!(!dir.path().join("net.d").exists(), "plan writes no CNI config");
+}
+
+/// Polls `check` (every 100 ms, at most ~15 s).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..150 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("never happened: {what}");
+}
+
+#[test]
+#[ignore = "root: runs the agent in a network namespace"]
+fn apply_loop_repairs_drift_follows_snapshot_edits_and_stops_on_sigterm() {
+    let ns = Netns::new("loop");
+    let (dir, file) = temp();
+    write(&file, &snapshot(dir.path(), "Never", "Always", &[2]));
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            AGENT,
+            "apply",
+            "--snapshot",
+            file.to_str().unwrap(),
+            "--resync-interval",
+            "3600",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent(child);
+    let peer2 = || ns.our_routes().contains(&"10.244.2.0/26 vxlan.trellis".to_string());
+    eventually("first pass", peer2);
+
+    // Drift, repaired through netlink events (resync is an hour away).
+    ns.ip(&["route", "del", "10.244.2.0/26", "proto", "84"]);
+    eventually("route restored", peer2);
+    ns.ip(&["link", "del", "vxlan.trellis"]);
+    eventually("device restored", || {
+        peer2() && !ns.json(&["link", "show", "vxlan.trellis"]).as_array().unwrap().is_empty()
+    });
+
+    // Editing the snapshot is a live change.
+    write(&file, &snapshot(dir.path(), "Never", "Always", &[2, 3]));
+    eventually("new peer routed", || ns.our_routes().contains(&"10.244.3.0/26 vxlan.trellis".to_string()));
+
+    sh(&["kill", "-TERM", &agent.0.id().to_string()]);
+    let mut status = None;
+    eventually("agent exits on SIGTERM", || {
+        status = agent.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{status:?}");
+}
