@@ -136,30 +136,14 @@ pub struct CniConfig {
     pub conflist: serde_json::Value,
 }
 
-/// A sysctl the agent owns, e.g. `net.ipv4.ip_forward = 1`. The key uses sysctl(8)
-/// notation: components separated by `.`, a `.` inside an interface name written as `/`
-/// (`net.ipv4.conf.vxlan/trellis.rp_filter`).
+/// A sysctl the agent owns, e.g. `net.ipv4.ip_forward = 1`. Per-interface keys keep the
+/// interface name as it is, dots included (`net.ipv4.conf.vxlan.trellis.rp_filter`); see
+/// [`crate::kernel::sysctl::path`] for how that maps to `/proc/sys`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sysctl {
     pub key: String,
     pub value: String,
-}
-
-impl Sysctl {
-    /// The file under `/proc/sys` that holds this sysctl (in the caller's network namespace).
-    pub fn proc_path(&self) -> std::path::PathBuf {
-        let rel: String = self
-            .key
-            .chars()
-            .map(|c| match c {
-                '.' => '/',
-                '/' => '.',
-                c => c,
-            })
-            .collect();
-        std::path::Path::new("/proc/sys").join(rel)
-    }
 }
 
 /// The outcome for one pool on this node.

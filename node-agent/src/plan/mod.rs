@@ -168,9 +168,10 @@ fn nat_plan(pools: &Pools) -> NatPlan {
     NatPlan { nat_sources: nat_sources.into_iter().collect(), all_pools: all_pools.into_iter().collect() }
 }
 
-/// sysctl(8) key of a per-device setting; a `.` inside the device name is written `/`.
+/// Key of a per-device setting; the device name stays as it is, dots included (the kernel
+/// layer splits `net.ipv4.conf.<dev>.<setting>` around the device).
 fn device_sysctl(family: &str, dev: &str, leaf: &str) -> String {
-    format!("net.{family}.conf.{}.{leaf}", dev.replace('.', "/"))
+    format!("net.{family}.conf.{dev}.{leaf}")
 }
 
 /// Forwarding for the pod families in use, and loose reverse-path filtering on the tunnels.

@@ -407,11 +407,14 @@ fn sysctls_forward_and_loosen_tunnels() {
         keys,
         [
             ("net.ipv4.conf.tunl0.rp_filter", "2"),
-            ("net.ipv4.conf.vxlan/trellis.rp_filter", "2"),
+            ("net.ipv4.conf.vxlan.trellis.rp_filter", "2"),
             ("net.ipv4.ip_forward", "1")
         ]
     );
-    assert_eq!(d.sysctls[1].proc_path(), PathBuf::from("/proc/sys/net/ipv4/conf/vxlan.trellis/rp_filter"));
+    assert_eq!(
+        crate::kernel::sysctl::path(&d.sysctls[1].key).unwrap(),
+        PathBuf::from("/proc/sys/net/ipv4/conf/vxlan.trellis/rp_filter")
+    );
     let d = plan_ok(&one_pool(Never, Never));
     assert_eq!(d.sysctls.len(), 1);
 }
