@@ -288,4 +288,60 @@ mod tests {
         let cfg = CniConfig { path: blocker.join("sub/10-trellis.conflist"), conflist: json!({"a": 1}) };
         assert!(matches!(write(&cfg), Err(CniError::Io { .. })));
     }
+
+    /// Runs the real host-local plugin (as the container runtime would, through the pod
+    /// plugin's config) with `command` for container `id`; returns its parsed stdout.
+    fn host_local(conflist: &Value, command: &str, id: &str) -> Result<Value, String> {
+        use std::process::{Command, Stdio};
+        let mut netconf = conflist["plugins"][0].clone();
+        netconf["cniVersion"] = conflist["cniVersion"].clone();
+        netconf["name"] = conflist["name"].clone();
+        let mut child = Command::new("/usr/lib/cni/host-local")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", "/var/run/netns/unused")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("host-local plugin in /usr/lib/cni");
+        child.stdin.take().unwrap().write_all(netconf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            Ok(if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).unwrap() })
+        } else {
+            Err(stdout)
+        }
+    }
+
+    #[test]
+    #[ignore = "root: runs the real host-local CNI plugin from /usr/lib/cni"]
+    fn real_host_local_allocates_one_address_per_family_above_the_gateway() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cfg, warnings) =
+            render(&settings(tmp.path()), 1450, &nets(&["10.244.1.4/30", "10.244.1.0/30", "fd00::/126"]));
+        assert!(warnings.is_empty());
+        let first = host_local(&cfg.conflist, "ADD", "c1").unwrap();
+        let ips: Vec<(&str, &str)> = first["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["address"].as_str().unwrap(), i["gateway"].as_str().unwrap()))
+            .collect();
+        // One address per family (not per block); never the tunnel address (.0) or the gateway.
+        assert_eq!(ips, [("10.244.1.2/30", "10.244.1.1"), ("fd00::2/126", "fd00::1")]);
+        // The second block of the family is used when the first is full; then IPv4 is exhausted.
+        let second = host_local(&cfg.conflist, "ADD", "c2").unwrap();
+        assert_eq!(second["ips"][0]["address"], "10.244.1.6/30");
+        assert_eq!(second["ips"][0]["gateway"], "10.244.1.5");
+        let err = host_local(&cfg.conflist, "ADD", "c3").unwrap_err();
+        assert!(err.contains("no IP addresses available"), "{err}");
+        // DEL frees the address for the next pod.
+        host_local(&cfg.conflist, "DEL", "c1").unwrap();
+        let again = host_local(&cfg.conflist, "ADD", "c4").unwrap();
+        assert_eq!(again["ips"][0]["address"], "10.244.1.2/30");
+    }
 }
