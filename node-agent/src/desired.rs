@@ -28,7 +28,7 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredState {
-    /// Effective pod MTU (also the tunnel devices' MTU).
+    /// Effective pod MTU (goes into the CNI conflist; the tunnel devices carry their own).
     pub mtu: u32,
     /// `tunl0` configuration when any IPIP pool is in use on this node.
     pub ipip: Option<IpipTunnel>,

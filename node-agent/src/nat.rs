@@ -50,6 +50,8 @@ const SRCNAT_PRIORITY: i32 = 100;
 /// Reading or replacing the table failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
+    #[error("the nft program is not installed (needed for natOutgoing): {0}")]
+    NftMissing(String),
     #[error("cannot read nftables table inet {TABLE}: {0}")]
     Read(String),
     #[error("cannot replace nftables table inet {TABLE}: {0}")]
@@ -242,8 +244,13 @@ impl Content {
 
 /// Whether the calling thread's namespace has the table.
 fn table_exists() -> Result<bool, NatError> {
-    let tables = helper::get_current_ruleset_with_args(DEFAULT_NFT, &["list", "tables", "inet"])
-        .map_err(|e| NatError::Read(describe(e)))?;
+    let tables =
+        helper::get_current_ruleset_with_args(DEFAULT_NFT, &["list", "tables", "inet"]).map_err(|e| match e {
+            NftablesError::NftExecution { inner, .. } if inner.kind() == std::io::ErrorKind::NotFound => {
+                NatError::NftMissing(inner.to_string())
+            }
+            other => NatError::Read(describe(other)),
+        })?;
     Ok(tables.objects.iter().any(
         |o| matches!(o, NfObject::ListObject(NfListObject::Table(t)) if t.name == TABLE && t.family == NfFamily::INet),
     ))
@@ -288,7 +295,11 @@ fn replace(objects: Vec<NfListObject<'static>>) -> Result<(), NatError> {
 /// is empty), in the calling thread's network namespace. Returns whether anything changed.
 pub fn sync(plan: &NatPlan) -> Result<bool, NatError> {
     let desired = render(plan);
-    let current = current()?;
+    let current = match current() {
+        // Without nft there can be no table of ours to remove: nothing to do, no error.
+        Err(NatError::NftMissing(_)) if desired.is_empty() => return Ok(false),
+        other => other?,
+    };
     let changed = match (&current, desired.is_empty()) {
         (None, true) => false,
         (Some(_), true) => true,
