@@ -3,9 +3,9 @@
 //! of the planner's code.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use trellis_api::EncapMode;
 
@@ -15,13 +15,28 @@ use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, VxlanSettings};
 
 const MODES: [EncapMode; 3] = [EncapMode::Never, EncapMode::Always, EncapMode::CrossSubnet];
 
-fn block(pool: u8, index: u8) -> IpNet {
-    IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 244 + pool, index / 4, (index % 4) * 64), 26).unwrap())
+/// Pool `pool`'s CIDR: 10.(244+pool).0.0/16, or fd00:(244+pool)::/48 for an IPv6 pool.
+fn pool_cidr(pool: u8, v6: bool) -> IpNet {
+    if v6 {
+        IpNet::V6(Ipv6Net::new(Ipv6Addr::new(0xfd00, 244 + u16::from(pool), 0, 0, 0, 0, 0, 0), 48).unwrap())
+    } else {
+        IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 244 + pool, 0, 0), 16).unwrap())
+    }
 }
 
-/// (ipip mode, vxlan mode, natOutgoing, disabled) for up to three pools.
-fn pools_strategy() -> impl Strategy<Value = Vec<(usize, usize, bool, bool)>> {
-    prop::collection::vec((0..3usize, 0..3usize, any::<bool>(), any::<bool>()), 1..=3)
+/// Block `index` of pool `pool`: a /26 (IPv4) or /122 (IPv6).
+fn block(pool: u8, v6: bool, index: u8) -> IpNet {
+    if v6 {
+        let base = Ipv6Addr::new(0xfd00, 244 + u16::from(pool), 0, 0, 0, 0, 0, u16::from(index) * 64);
+        IpNet::V6(Ipv6Net::new(base, 122).unwrap())
+    } else {
+        IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 244 + pool, index / 4, (index % 4) * 64), 26).unwrap())
+    }
+}
+
+/// (ipip mode, vxlan mode, natOutgoing, disabled, IPv6) for up to three pools.
+fn pools_strategy() -> impl Strategy<Value = Vec<(usize, usize, bool, bool, bool)>> {
+    prop::collection::vec((0..3usize, 0..3usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.25)), 1..=3)
 }
 
 /// Peers: (in my subnet?, host byte).
@@ -34,7 +49,7 @@ fn blocks_strategy() -> impl Strategy<Value = Vec<(u8, u8, usize)>> {
     prop::collection::vec((0..4u8, 0..32u8, 0..8usize), 0..24)
 }
 
-fn build(pools: &[(usize, usize, bool, bool)], peers: &[(bool, u8)], blocks: &[(u8, u8, usize)]) -> Snapshot {
+fn build(pools: &[(usize, usize, bool, bool, bool)], peers: &[(bool, u8)], blocks: &[(u8, u8, usize)]) -> Snapshot {
     let mut snap = Snapshot {
         node: LocalNode {
             name: "me".into(),
@@ -59,9 +74,9 @@ fn build(pools: &[(usize, usize, bool, bool)], peers: &[(bool, u8)], blocks: &[(
         pools: pools
             .iter()
             .enumerate()
-            .map(|(i, (ipip, vxlan, nat, disabled))| Pool {
+            .map(|(i, (ipip, vxlan, nat, disabled, v6))| Pool {
                 name: format!("pool{i}"),
-                cidr: format!("10.{}.0.0/16", 244 + i).parse().unwrap(),
+                cidr: pool_cidr(i as u8, *v6),
                 ipip_mode: MODES[*ipip],
                 vxlan_mode: MODES[*vxlan],
                 nat_outgoing: *nat,
@@ -79,7 +94,8 @@ fn build(pools: &[(usize, usize, bool, bool)], peers: &[(bool, u8)], blocks: &[(
         if !taken.insert((*pool, *index)) {
             continue;
         }
-        let b = block(*pool, *index);
+        let v6 = pools.get(usize::from(*pool)).is_some_and(|p| p.4);
+        let b = block(*pool, v6, *index);
         match owner {
             0 => snap.node.blocks.push(b),
             k if k - 1 < snap.peers.len() => snap.peers[k - 1].blocks.push(b),
@@ -113,7 +129,9 @@ proptest! {
         let mut expected_routes = 0;
         for b in &own {
             let pool = snap.pools.iter().find(|p| p.cidr.contains(b));
-            let programmed = pool.is_some_and(|p| !(p.ipip_mode.is_enabled() && p.vxlan_mode.is_enabled()));
+            let programmed = pool.is_some_and(|p| {
+                !(p.ipip_mode.is_enabled() && (p.vxlan_mode.is_enabled() || p.cidr.addr().is_ipv6()))
+            });
             // Own blocks: a blackhole, and nothing else ever targets them.
             prop_assert_eq!(d.routes.get(b).map(|r| &r.kind), programmed.then_some(&RouteKind::Blackhole));
             expected_routes += usize::from(programmed);
@@ -135,7 +153,8 @@ proptest! {
                 };
                 let (ip_mode, vx_mode) = (pool.ipip_mode, pool.vxlan_mode);
                 let route = d.routes.get(b).map(|r| &r.kind);
-                if ip_mode.is_enabled() && vx_mode.is_enabled() {
+                let v6 = b.addr().is_ipv6();
+                if ip_mode.is_enabled() && (vx_mode.is_enabled() || v6) {
                     prop_assert!(route.is_none(), "invalid pool programmed");
                     continue;
                 }
@@ -143,7 +162,9 @@ proptest! {
                 let tunnel = ip_mode.is_enabled() || vx_mode.is_enabled();
                 let direct = !tunnel || (mode == EncapMode::CrossSubnet && in_subnet);
                 let tunnel_ok = if ip_mode.is_enabled() { ipip } else { vxlan };
-                let reachable = if direct { in_subnet } else { tunnel_ok };
+                // Direct routes need a gateway of the block's family (the peers are IPv4 nodes);
+                // VXLAN carries IPv6 pools over the IPv4 underlay.
+                let reachable = if direct { in_subnet && !v6 } else { tunnel_ok };
                 // Every reachable peer block has exactly one route (routes are keyed by block).
                 prop_assert_eq!(route.is_some(), reachable, "block {} of {}", b, &peer.name);
                 expected_routes += usize::from(reachable);
