@@ -16,11 +16,18 @@ struct Netns {
 }
 
 impl Netns {
-    fn new(tag: &str) -> Self {
+    /// An empty namespace (loopback up).
+    fn bare(tag: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let name = format!("trc-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn new(tag: &str) -> Self {
+        let ns = Self::bare(tag);
         ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
         ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0p", "up"]);
@@ -97,12 +104,17 @@ fn sh(args: &[&str]) -> String {
 /// This node (node 1, block 10.244.1.0/26) with `peers` (n → 192.168.1.n, block 10.244.n.0/26)
 /// in one pool with the given modes; CNI files under `dir`.
 fn snapshot(dir: &Path, ipip: &str, vxlan: &str, peers: &[u8]) -> String {
+    snapshot_of(1, dir, ipip, vxlan, peers)
+}
+
+/// Node `me` (192.168.1.me/24, block 10.244.me.0/26) with `peers` in one pool.
+fn snapshot_of(me: u8, dir: &Path, ipip: &str, vxlan: &str, peers: &[u8]) -> String {
     let peers: String = peers
         .iter()
         .map(|n| format!("  - name: node-{n}\n    address: 192.168.1.{n}/24\n    blocks: [10.244.{n}.0/26]\n"))
         .collect();
     format!(
-        "node:\n  name: node-1\n  address: 192.168.1.1/24\n  uplink: eth0\n  blocks: [10.244.1.0/26]\n\
+        "node:\n  name: node-{me}\n  address: 192.168.1.{me}/24\n  uplink: eth0\n  blocks: [10.244.{me}.0/26]\n\
          peers:\n{peers}\
          pools:\n  - name: default-ipv4-ippool\n    cidr: 10.244.0.0/16\n    ipipMode: {ipip}\n    vxlanMode: {vxlan}\n    natOutgoing: true\n\
          cni:\n  confDir: {dir}/net.d\n  ipamDataDir: {dir}/ipam\n",
@@ -257,4 +269,34 @@ fn ipip_pool_on_a_kernel_without_ipip_is_reported_not_fatal() {
     assert!(pool_error.contains("ipip"), "{summary:?}\n{err}");
     assert!(err.contains("default-ipv4-ippool"), "{err}");
     assert!(out.status.success(), "a pool error is not a failure: {err}");
+}
+
+#[test]
+#[ignore = "root: runs the agent in network namespaces, real packets"]
+fn two_nodes_programmed_by_the_agent_reach_each_other_over_vxlan() {
+    let a = Netns::bare("nodea");
+    let b = Netns::bare("nodeb");
+    sh(&["ip", "link", "add", "eth0", "netns", &a.name, "type", "veth", "peer", "name", "eth0", "netns", &b.name]);
+    for (ns, n) in [(&a, 1), (&b, 2)] {
+        ns.ip(&["addr", "add", &format!("192.168.1.{n}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+    }
+    let (dir, _) = temp();
+    for (ns, me, peer) in [(&a, 1u8, 2u8), (&b, 2, 1)] {
+        let file = dir.path().join(format!("node-{me}.yaml"));
+        let node_dir = dir.path().join(format!("node-{me}"));
+        write(&file, &snapshot_of(me, &node_dir, "Never", "Always", &[peer]));
+        let summary: Value =
+            serde_yaml::from_str(&stdout(&ns.agent(&["apply", "--snapshot", file.to_str().unwrap(), "--once"])))
+                .unwrap();
+        assert_eq!(summary["ok"], true, "{summary:?}");
+    }
+    // Tunnel address to tunnel address: encapsulated by A, decapsulated and answered by B.
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &a.name, "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.244.2.0"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    let rx = b.json(&["-s", "link", "show", "vxlan.trellis"])[0]["stats64"]["rx"]["packets"].as_u64().unwrap();
+    assert!(rx >= 3, "the echo requests arrived through B's VXLAN device: {rx}");
 }
