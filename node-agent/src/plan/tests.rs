@@ -458,9 +458,29 @@ fn vxlan_3node_example_is_what_the_docs_say() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/vxlan-3node.yaml");
     let d = plan(&Snapshot::from_file(&path).unwrap(), Capabilities::default()).unwrap();
     assert_eq!(d.mtu, 1450);
-    assert_eq!(d.routes.len(), 3);
+    let routes: Vec<Route> = d.routes.values().cloned().collect();
+    assert_eq!(
+        routes,
+        [
+            Route { dst: net("10.244.0.0/26"), kind: RouteKind::Blackhole },
+            Route { dst: net("10.244.0.64/26"), kind: via("10.244.0.64", VX, true).unwrap() },
+            Route { dst: net("10.244.0.128/26"), kind: via("10.244.0.128", VX, true).unwrap() },
+        ]
+    );
+    let fdb_dsts: Vec<IpAddr> = d.fdb.iter().map(|f| f.dst).collect();
+    assert!(fdb_dsts.contains(&ip("10.0.1.12")) && fdb_dsts.contains(&ip("10.0.2.13")));
+    assert_eq!(d.neighbours.len(), 2);
     assert_eq!(d.nat.nat_sources, vec![net("10.244.0.0/16")]);
-    assert!(d.routes.values().all(|r| r.kind == RouteKind::Blackhole
-        || matches!(&r.kind, RouteKind::Unicast { dev, onlink: true, .. } if dev == VX)));
-    let _ = Route { dst: net("10.244.0.0/26"), kind: RouteKind::Blackhole };
+    assert_eq!(d.vxlan.unwrap().address, Some(ip("10.244.0.0")));
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+}
+
+#[test]
+fn ipip_crosssubnet_example_is_what_the_docs_say() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/ipip-crosssubnet.yaml");
+    let d = plan(&Snapshot::from_file(&path).unwrap(), Capabilities::default()).unwrap();
+    assert_eq!(route(&d, "10.244.1.0/26"), via("10.0.1.12", "eth0", false));
+    assert_eq!(route(&d, "10.244.2.0/26"), via("10.0.2.13", "tunl0", true));
+    assert_eq!(d.ipip.unwrap().address, Some("10.244.0.0".parse().unwrap()));
+    assert_eq!(d.mtu, 1480);
 }
