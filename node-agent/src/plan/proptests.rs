@@ -191,6 +191,23 @@ proptest! {
         prop_assert_eq!(neigh, vxlan_gateways);
         let fdb: BTreeSet<IpAddr> = d.fdb.iter().map(|f| f.dst).collect();
         prop_assert_eq!(fdb, vxlan_peers);
+        // The CNI ranges are exactly the own blocks of enabled, programmed pools.
+        let allocatable: BTreeSet<String> = own
+            .iter()
+            .filter(|b| {
+                snap.pools.iter().find(|p| p.cidr.contains(*b)).is_some_and(|p| {
+                    !p.disabled && !(p.ipip_mode.is_enabled() && (p.vxlan_mode.is_enabled() || p.cidr.addr().is_ipv6()))
+                })
+            })
+            .map(ToString::to_string)
+            .collect();
+        let ranges: BTreeSet<String> = d.cni.conflist["plugins"][0]["ipam"]["ranges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|set| set.as_array().unwrap().iter().map(|r| r["subnet"].as_str().unwrap().to_string()))
+            .collect();
+        prop_assert_eq!(ranges, allocatable);
         // The NAT plan is sorted and covers exactly the NAT-enabled programmed pools.
         prop_assert!(d.nat.nat_sources.windows(2).all(|w| w[0] < w[1]));
         prop_assert!(d.nat.nat_sources.iter().all(|c| d.nat.all_pools.contains(c)));
