@@ -232,11 +232,18 @@ pub struct LoopOptions {
     pub resync_interval: Duration,
     /// Quiet time after a kernel event before the pass (bursts collapse into one pass).
     pub debounce: Duration,
+    /// First retry delay after a pass that did not apply everything; doubles per failed pass
+    /// up to `resync_interval`, back to this after a clean pass.
+    pub retry_initial: Duration,
 }
 
 impl Default for LoopOptions {
     fn default() -> Self {
-        Self { resync_interval: Duration::from_secs(30), debounce: Duration::from_millis(100) }
+        Self {
+            resync_interval: Duration::from_secs(30),
+            debounce: Duration::from_millis(100),
+            retry_initial: Duration::from_secs(1),
+        }
     }
 }
 
@@ -246,6 +253,8 @@ pub enum Trigger {
     Start,
     Resync,
     KernelEvent,
+    /// The previous pass did not apply everything.
+    Retry,
 }
 
 /// Waits for the next event; never returns once the stream is gone (resync still runs).
@@ -262,8 +271,8 @@ async fn next_event(events: &mut Option<UnboundedReceiver<KernelEvent>>) {
     }
 }
 
-/// Runs passes until `shutdown` resolves: at start, every `resync_interval`, and `debounce`
-/// after kernel events. `on_pass` sees every pass's outcome (summaries, tests).
+/// Runs passes until `shutdown` resolves: at start, every `resync_interval`, `debounce` after
+/// kernel events, and with backoff after a pass that did not apply everything. `on_pass` sees every pass's outcome (summaries, tests).
 pub async fn run<K, S, H>(
     kernel: &K,
     source: &mut S,
@@ -279,8 +288,19 @@ pub async fn run<K, S, H>(
 {
     tokio::pin!(shutdown);
     let mut trigger = Trigger::Start;
+    let mut retry = options.retry_initial;
     loop {
         let result = pass(kernel, source, host).await;
+        let failed = result.as_ref().map_or(true, |report| !report.ok());
+        // A failed pass is retried sooner than the resync, backing off while it keeps failing.
+        let (wait, timer_trigger) = if failed {
+            let wait = retry.min(options.resync_interval);
+            retry = (retry * 2).min(options.resync_interval);
+            (wait, Trigger::Retry)
+        } else {
+            retry = options.retry_initial;
+            (options.resync_interval, Trigger::Resync)
+        };
         match &result {
             Ok(report) if report.changes() > 0 || !report.ok() => {
                 tracing::info!(?trigger, counts = ?report.counts(), failed = report.kernel.failed.len(), "pass done")
@@ -292,7 +312,7 @@ pub async fn run<K, S, H>(
 
         tokio::select! {
             () = &mut shutdown => return,
-            () = tokio::time::sleep(options.resync_interval) => trigger = Trigger::Resync,
+            () = tokio::time::sleep(wait) => trigger = timer_trigger,
             () = next_event(&mut events) => {
                 trigger = Trigger::KernelEvent;
                 // Debounce: let the burst (often the echo of our own changes) arrive, then

@@ -478,7 +478,7 @@ fn reconcile_loop_repairs_out_of_band_deletions_on_kernel_events() {
         let events = netlink::subscribe().unwrap();
         let mut source = Fixed(desired(4096, TWO_PEERS));
         // Resync an hour away: within the test only kernel events can repair drift.
-        let options = LoopOptions { resync_interval: Duration::from_secs(3600), debounce: Duration::from_millis(100) };
+        let options = LoopOptions { resync_interval: Duration::from_secs(3600), ..LoopOptions::default() };
         let stop = tokio::sync::Notify::new();
         let passes: std::cell::RefCell<Passes> = Default::default();
         let record = |t: Trigger, r: &Result<reconcile::PassReport, reconcile::ReconcileError>| {

@@ -144,12 +144,15 @@ fn configured_vxlan_name_is_read_when_no_pool_uses_vxlan() {
 
 type Passes = Rc<RefCell<Vec<(Trigger, usize)>>>;
 
+/// Virtual time of each pass since the loop started.
+type Times = Rc<RefCell<Vec<Duration>>>;
+
 /// Runs the loop next to `driver` until the driver returns; the loop's passes are recorded.
 async fn with_loop<F, Fut>(
     kernel: &FakeKernel,
     events: Option<mpsc::UnboundedReceiver<KernelEvent>>,
     driver: F,
-) -> Vec<(Trigger, usize)>
+) -> (Vec<(Trigger, usize)>, Vec<Duration>)
 where
     F: FnOnce(Passes, Rc<Notify>) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -159,13 +162,21 @@ where
     let stop = Notify::new();
     let host = FakeHost::default();
     let mut source = Fixed(desired());
-    let options = LoopOptions { resync_interval: Duration::from_secs(3600), debounce: Duration::from_millis(100) };
+    let options = LoopOptions {
+        resync_interval: Duration::from_secs(3600),
+        debounce: Duration::from_millis(100),
+        retry_initial: Duration::from_secs(1),
+    };
+    let times: Times = Rc::default();
     let record = {
         let passes = passes.clone();
+        let times = times.clone();
         let pass_done = pass_done.clone();
+        let start = tokio::time::Instant::now();
         move |trigger: Trigger, result: &Result<PassReport, ReconcileError>| {
             let changes = result.as_ref().map(PassReport::changes).unwrap_or(usize::MAX);
             passes.borrow_mut().push((trigger, changes));
+            times.borrow_mut().push(start.elapsed());
             pass_done.notify_one();
         }
     };
@@ -174,7 +185,7 @@ where
         stop.notify_one();
     };
     tokio::join!(run(kernel, &mut source, &host, options, events, stop.notified(), record), driven);
-    passes.take()
+    (passes.take(), times.take())
 }
 
 #[test]
@@ -183,7 +194,7 @@ fn kernel_event_triggers_a_pass_that_repairs_drift() {
         let kernel = FakeKernel::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let k = &kernel;
-        let passes = with_loop(&kernel, Some(rx), |_, pass_done| async move {
+        let (passes, _) = with_loop(&kernel, Some(rx), |_, pass_done| async move {
             pass_done.notified().await; // start pass
             // Drift: someone deletes a peer route; the kernel tells us (a burst of events).
             k.state.borrow_mut().routes.remove(&"10.244.2.0/26".parse().unwrap());
@@ -204,7 +215,7 @@ fn periodic_resync_repairs_drift_without_events() {
     rt().block_on(async {
         let kernel = FakeKernel::default();
         let k = &kernel;
-        let passes = with_loop(&kernel, None, |_, pass_done| async move {
+        let (passes, _) = with_loop(&kernel, None, |_, pass_done| async move {
             pass_done.notified().await;
             k.state.borrow_mut().vxlan = None; // device deleted, nobody tells us
             pass_done.notified().await;
@@ -216,5 +227,34 @@ fn periodic_resync_repairs_drift_without_events() {
         assert!(passes[1].1 >= 1, "{passes:?}");
         assert_eq!(passes[2], (Trigger::Resync, 0));
         assert!(kernel.state.borrow().vxlan.is_some());
+    });
+}
+
+#[test]
+fn failed_pass_is_retried_with_backoff_until_it_succeeds() {
+    rt().block_on(async {
+        let kernel = FakeKernel::default();
+        // The blackhole route is refused three times, then accepted (e.g. a transient error).
+        let refusals = Rc::new(RefCell::new(3));
+        let r = refusals.clone();
+        *kernel.refuse.borrow_mut() = Some(Box::new(move |c| {
+            let refuse = matches!(c, Change::AddRoute(route) if route.kind == RouteKind::Blackhole) && *r.borrow() > 0;
+            if refuse {
+                *r.borrow_mut() -= 1;
+            }
+            refuse
+        }));
+        let (passes, times) = with_loop(&kernel, None, |passes, pass_done| async move {
+            while passes.borrow().len() < 5 {
+                pass_done.notified().await;
+            }
+        })
+        .await;
+        let triggers: Vec<Trigger> = passes.iter().map(|(t, _)| *t).collect();
+        assert_eq!(triggers, [Trigger::Start, Trigger::Retry, Trigger::Retry, Trigger::Retry, Trigger::Resync]);
+        assert_eq!(passes[3].1, 1, "the last retry applied the route");
+        let secs: Vec<u64> = times.iter().map(Duration::as_secs).collect();
+        // Backoff 1 s, 2 s, 4 s; then the regular resync an hour later.
+        assert_eq!(secs, [0, 1, 3, 7, 3607]);
     });
 }
