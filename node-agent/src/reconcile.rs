@@ -289,9 +289,24 @@ pub async fn run<K, S, H>(
     tokio::pin!(shutdown);
     let mut trigger = Trigger::Start;
     let mut retry = options.retry_initial;
+    let mut last_applied: Vec<Change> = Vec::new();
+    let mut not_sticking = false;
     loop {
         let result = pass(kernel, source, host).await;
-        let failed = result.as_ref().map_or(true, |report| !report.ok());
+        let applied = result.as_ref().map(|r| r.kernel.applied.clone()).unwrap_or_default();
+        // Changes the kernel accepts but that do not read back as applied would be re-applied
+        // by every pass, and their echo would trigger the next one: a hot loop. Seen twice in a
+        // row from an event, they are treated like a failure — back off, ignore events — until
+        // a pass applies something else (or nothing).
+        let repeated = !applied.is_empty() && applied == last_applied;
+        let newly = repeated && !not_sticking && trigger == Trigger::KernelEvent;
+        not_sticking = repeated && (not_sticking || trigger == Trigger::KernelEvent);
+        if newly {
+            tracing::warn!(changes = ?applied.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "applied changes do not stick (the kernel reads them back differently); backing off");
+        }
+        last_applied = applied;
+        let failed = not_sticking || result.as_ref().map_or(true, |report| !report.ok());
         // A failed pass is retried sooner than the resync, backing off while it keeps failing.
         let (wait, timer_trigger) = if failed {
             let wait = retry.min(options.resync_interval);
@@ -310,6 +325,16 @@ pub async fn run<K, S, H>(
         }
         on_pass(trigger, &result);
 
+        if not_sticking {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(wait) => trigger = timer_trigger,
+            }
+            if let Some(rx) = events.as_mut() {
+                while rx.try_recv().is_ok() {}
+            }
+            continue;
+        }
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(wait) => trigger = timer_trigger,

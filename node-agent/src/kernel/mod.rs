@@ -251,6 +251,10 @@ pub(crate) mod fake {
         pub log: RefCell<Vec<Change>>,
         /// Changes matching this predicate fail with EINVAL.
         pub refuse: RefCell<Option<Refusal>>,
+        /// Changes matching this predicate are accepted but not stored (they never read back).
+        pub forget: RefCell<Option<Refusal>>,
+        /// Called after every accepted change (e.g. to emit a kernel event).
+        pub on_change: RefCell<Option<Box<dyn Fn()>>>,
         pub sysctls: RefCell<BTreeMap<String, String>>,
         /// VXLAN device names asked for by `read`.
         pub reads: RefCell<Vec<String>>,
@@ -268,6 +272,12 @@ pub(crate) mod fake {
                 && refuse(change)
             {
                 return Err(KernelError::Netlink { op: change.to_string(), errno: Some(22), message: "EINVAL".into() });
+            }
+            if let Some(on_change) = self.on_change.borrow().as_ref() {
+                on_change();
+            }
+            if self.forget.borrow().as_ref().is_some_and(|forget| forget(change)) {
+                return Ok(());
             }
             self.state.borrow_mut().apply(change);
             Ok(())

@@ -258,3 +258,39 @@ fn failed_pass_is_retried_with_backoff_until_it_succeeds() {
         assert_eq!(secs, [0, 1, 3, 7, 3607]);
     });
 }
+
+#[test]
+fn changes_that_do_not_stick_do_not_spin_the_loop_on_their_own_echo() {
+    rt().block_on(async {
+        let kernel = FakeKernel::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        // The blackhole is accepted but never reads back; every accepted change echoes an event.
+        *kernel.forget.borrow_mut() =
+            Some(Box::new(|c| matches!(c, Change::AddRoute(r) if r.kind == RouteKind::Blackhole)));
+        *kernel.on_change.borrow_mut() = Some(Box::new(move || {
+            let _ = tx.send(KernelEvent);
+        }));
+        let (passes, times) = with_loop(&kernel, Some(rx), |passes, pass_done| async move {
+            while passes.borrow().len() < 6 {
+                pass_done.notified().await;
+            }
+        })
+        .await;
+        let triggers: Vec<Trigger> = passes.iter().map(|(t, _)| *t).collect();
+        // Start, the echo pass (same change again: detected), then backoff instead of echoes.
+        assert_eq!(
+            triggers,
+            [
+                Trigger::Start,
+                Trigger::KernelEvent,
+                Trigger::KernelEvent,
+                Trigger::Retry,
+                Trigger::Retry,
+                Trigger::Retry
+            ]
+        );
+        assert!(passes[1..].iter().all(|(_, n)| *n == 1), "{passes:?}");
+        let millis: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [0, 100, 200, 1200, 3200, 7200]);
+    });
+}
