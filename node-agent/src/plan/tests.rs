@@ -484,3 +484,18 @@ fn ipip_crosssubnet_example_is_what_the_docs_say() {
     assert_eq!(d.ipip.unwrap().address, Some("10.244.0.0".parse().unwrap()));
     assert_eq!(d.mtu, 1480);
 }
+
+#[test]
+fn documented_plan_output_matches_the_planner() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = std::fs::read_to_string(root.join("docs/snapshot.md")).unwrap();
+    let section =
+        doc.split("## `plan` output for the 3-node VXLAN example").nth(1).expect("section in docs/snapshot.md");
+    let yaml = section.split("```yaml\n").nth(1).and_then(|s| s.split("```").next()).expect("yaml block");
+    let printed: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let documented: DesiredState = serde_yaml::from_value(printed["desired"].clone()).unwrap();
+
+    let snapshot = Snapshot::from_file(&root.join("docs/examples/vxlan-3node.yaml")).unwrap();
+    let caps = Capabilities { ipip: false, vxlan: true };
+    assert_eq!(plan(&snapshot, caps).unwrap(), documented, "docs/snapshot.md shows a stale plan: regenerate it");
+}
