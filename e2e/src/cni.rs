@@ -106,8 +106,8 @@ fn exec(att: &Attachment, command: &str, conf: &Value) -> Result<Value> {
     serde_json::from_str(&stdout).map_err(|e| fail(format!("result is not JSON ({e}): {stdout}")))
 }
 
-/// The first IPv4 address of a CNI result.
-pub fn first_ipv4(result: &Value) -> Result<Ipv4Addr> {
+/// Every IPv4 address of a CNI result.
+pub fn ipv4s(result: &Value) -> Vec<Ipv4Addr> {
     result["ips"]
         .as_array()
         .into_iter()
@@ -115,6 +115,13 @@ pub fn first_ipv4(result: &Value) -> Result<Ipv4Addr> {
         .filter_map(|ip| ip["address"].as_str())
         .filter_map(|a| a.parse::<Ipv4Net>().ok())
         .map(|net| net.addr())
+        .collect()
+}
+
+/// The first IPv4 address of a CNI result.
+pub fn first_ipv4(result: &Value) -> Result<Ipv4Addr> {
+    ipv4s(result)
+        .into_iter()
         .next()
         .ok_or_else(|| Error::Parse { what: "CNI result".into(), detail: format!("no IPv4 address in {result}") })
 }

@@ -18,8 +18,10 @@ pub struct PodInfo {
     pub name: String,
     /// Name of the pod's network namespace.
     pub netns: String,
-    /// The address CNI gave it.
+    /// The (first) address CNI gave it.
     pub ip: Ipv4Addr,
+    /// Every IPv4 address CNI gave it (one per range set of the conflist).
+    pub ips: Vec<Ipv4Addr>,
     /// Index of its node in the topology.
     pub node: usize,
 }
@@ -46,7 +48,8 @@ impl Pod {
         };
         let result = cni::add(&attachment, &conflist)?;
         let ip = cni::first_ipv4(&result)?;
-        let info = PodInfo { name: name.to_string(), netns: netns_name.to_string(), ip, node };
+        let ips = cni::ipv4s(&result);
+        let info = PodInfo { name: name.to_string(), netns: netns_name.to_string(), ip, ips, node };
         Ok(Pod { info, attachment, conflist, result, _ns: ns })
     }
 }

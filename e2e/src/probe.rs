@@ -225,6 +225,55 @@ impl Drop for Capture {
     }
 }
 
+/// What crossed one wire while an action ran, split by how it was carried.
+#[derive(Clone, Debug)]
+pub struct WireSample {
+    /// VXLAN: `udp port 4789`.
+    pub vxlan: Captured,
+    /// IP-in-IP: `ip proto 4`.
+    pub ipip: Captured,
+    /// Unencapsulated ICMP from or to pod addresses (encapsulated ICMP does not match: BPF
+    /// `icmp` tests the outer header).
+    pub plain: Captured,
+}
+
+impl std::fmt::Display for WireSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}{}", self.vxlan, self.ipip, self.plain)
+    }
+}
+
+/// Captures on `iface` in `ns` while `action` runs (e.g. a ping between pods).
+pub fn observe_wire<T>(
+    ns: &str,
+    iface: &str,
+    pod_net: &str,
+    action: impl FnOnce() -> Result<T>,
+) -> Result<(T, WireSample)> {
+    let vxlan = Capture::start(ns, iface, "udp port 4789")?;
+    let ipip = Capture::start(ns, iface, "ip proto 4")?;
+    let plain = Capture::start(ns, iface, &format!("icmp and net {pod_net}"))?;
+    let out = action()?;
+    Ok((out, WireSample { vxlan: vxlan.stop(), ipip: ipip.stop(), plain: plain.stop() }))
+}
+
+/// The MTU of a link, `None` if it does not exist.
+pub fn link_mtu(ns: &str, dev: &str) -> Result<Option<u32>> {
+    let out = cmd::output("ip", &["-n", ns, "-j", "link", "show", "dev", dev])?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Parse { what: format!("ip -j link show {dev}"), detail: e.to_string() })?;
+    Ok(v[0]["mtu"].as_u64().map(|m| m as u32))
+}
+
+/// Routes of `ns` with the given protocol (`ip route show proto PROTO`), one per line.
+pub fn routes_with_proto(ns: &str, proto: u8) -> Result<Vec<String>> {
+    let out = cmd::ip(ns, &["route", "show", "proto", &proto.to_string()])?;
+    Ok(out.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+}
+
 /// Packet counters of a link (`ip -s -j link show DEV`), `None` if the link does not exist.
 pub fn link_counters(ns: &str, dev: &str) -> Result<Option<(u64, u64)>> {
     let out = cmd::output("ip", &["-n", ns, "-s", "-j", "link", "show", "dev", dev])?;

@@ -1,0 +1,335 @@
+//! The data plane on real kernels: the real `trellis-agent` binary programs each node of the
+//! lab (see `trellis_e2e::topology`), pods are wired by the real CNI plugins from the
+//! conflist the agent wrote, and real packets prove the result.
+//!
+//! Per encapsulation mode: pod→pod on the same subnet and across the router, host→remote
+//! pod, and what the wire carries (UDP 4789 for VXLAN, IP protocol 4 for IPIP, plain ICMP
+//! between pod addresses when unencapsulated), natOutgoing as the "internet" sees it, the
+//! MTU limit with DF pings, drift correction by a running agent, and a pool the kernel
+//! cannot serve. Tests named `vm_*` need ipip and run inside the kernel VM (`make test-vm`).
+//!
+//! Mode `None` is only tested between nodes of one subnet: across subnets it needs an
+//! underlay fabric that routes pod CIDRs (BGP in Calico), and the lab's router deliberately
+//! knows nothing about pods (the test asserts exactly that).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use trellis_agent::desired::{IPIP_OVERHEAD, ROUTE_PROTOCOL, VXLAN_OVERHEAD};
+use trellis_agent::snapshot::Pool;
+use trellis_api::EncapMode::{self, Always, CrossSubnet, Never};
+use trellis_e2e::pod::PodInfo;
+use trellis_e2e::probe::{self, WireSample};
+use trellis_e2e::topology::{DEFAULT_POOL, INTERNET, Topology, UPLINK, pool, v4};
+
+/// Upper bound for anything to converge (first ARP, agent passes); polls end as soon as it holds.
+const WAIT: Duration = Duration::from_secs(20);
+const VXLAN_DEV: &str = "vxlan.trellis";
+const IPIP_DEV: &str = "tunl0";
+const UDP_PORT: u16 = 7777;
+
+fn default_pool(ipip: EncapMode, vxlan: EncapMode, nat: bool) -> Vec<Pool> {
+    vec![pool("default-ipv4-ippool", DEFAULT_POOL, ipip, vxlan, nat)]
+}
+
+/// Which encapsulation a packet between two pods should use on the wire.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Carried {
+    Vxlan,
+    Ipip,
+    Plain,
+}
+
+/// Pings `to` from `from` while capturing on the sender node's uplink, then checks that the
+/// traffic was carried exactly as `expected`.
+fn check_path(topo: &Topology, from: &PodInfo, to: IpAddr, expected: Carried) -> Result<WireSample> {
+    let node = topo.node(from.node);
+    let (_, wire) = probe::observe_wire(node.netns(), UPLINK, DEFAULT_POOL, || probe::wait_ping(&from.netns, to, WAIT))
+        .with_context(|| format!("pod {} ({}) -> {to}\n{}", from.name, from.ip, topo.dump()))?;
+    let (vxlan, ipip, plain) = (wire.vxlan.count(), wire.ipip.count(), wire.plain.count());
+    let ok = match expected {
+        Carried::Vxlan => vxlan > 0 && ipip == 0 && plain == 0,
+        Carried::Ipip => ipip > 0 && vxlan == 0 && plain == 0,
+        Carried::Plain => plain > 0 && vxlan == 0 && ipip == 0,
+    };
+    ensure!(ok, "pod {} -> {to}: expected {expected:?} on {}'s uplink, saw:\n{wire}", from.name, node.name);
+    Ok(wire)
+}
+
+/// natOutgoing as observed from outside: the source address a UDP listener in the
+/// "internet" namespace sees, and the source a pod of another node sees.
+fn check_nat(topo: &Topology, from: &PodInfo, other_pod: &PodInfo, nat: bool) -> Result<()> {
+    let node = topo.node(from.node);
+    let seen = probe::udp_source_seen(&from.netns, topo.internet.name(), INTERNET, UDP_PORT, WAIT)
+        .with_context(|| topo.dump())?;
+    let expected = if nat { v4(node.ip()) } else { v4(from.ip) };
+    ensure!(
+        seen.ip() == expected,
+        "natOutgoing={nat}: internet saw source {seen}, expected {expected} (pod {}, node {})",
+        from.ip,
+        node.ip()
+    );
+    // Pod-to-pod traffic is never masqueraded, whatever natOutgoing says.
+    let seen = probe::udp_source_seen(&from.netns, &other_pod.netns, other_pod.ip, UDP_PORT + 1, WAIT)
+        .with_context(|| topo.dump())?;
+    ensure!(seen.ip() == v4(from.ip), "pod {} -> pod {}: source rewritten to {seen}", from.ip, other_pod.ip);
+    Ok(())
+}
+
+/// The whole per-mode scenario on the standard lab (node1, node2 on subnet 1; node3 on 2).
+fn pod_network(tag: &str, ipip: EncapMode, vxlan: EncapMode, nat: bool) -> Result<()> {
+    let mut topo = Topology::standard(tag)?;
+    let pools = default_pool(ipip, vxlan, nat);
+    topo.apply_once_all(&pools)?;
+    let a = topo.add_pod(0, "a")?;
+    let b = topo.add_pod(1, "b")?;
+    let c = topo.add_pod(2, "c")?;
+    for (pod, node) in [(&a, 0), (&b, 1), (&c, 2)] {
+        ensure!(topo.node(node).blocks[0].contains(&pod.ip), "pod {} got {} outside its block", pod.name, pod.ip);
+    }
+    let encap = |m: EncapMode, same_subnet: bool| match m {
+        Always => true,
+        CrossSubnet => !same_subnet,
+        Never => false,
+    };
+    let carried = |same_subnet: bool| {
+        if encap(vxlan, same_subnet) {
+            Carried::Vxlan
+        } else if encap(ipip, same_subnet) {
+            Carried::Ipip
+        } else {
+            Carried::Plain
+        }
+    };
+    // Same subnet, both directions, pod -> pod.
+    check_path(&topo, &a, v4(b.ip), carried(true))?;
+    check_path(&topo, &b, v4(a.ip), carried(true))?;
+    // Host -> remote pod (same subnet).
+    probe::wait_ping(topo.node(0).netns(), v4(b.ip), WAIT).with_context(|| topo.dump())?;
+    if ipip == Never && vxlan == Never {
+        // No encapsulation: the router has no route to pods, so node3's pods stay unreachable.
+        let r = probe::ping(&a.netns, v4(c.ip), &[])?;
+        ensure!(!r.ok, "mode None reached a pod across the router, which has no pod routes: {}", r.output);
+    } else {
+        check_path(&topo, &a, v4(c.ip), carried(false))?;
+        check_path(&topo, &c, v4(b.ip), carried(false))?;
+        probe::wait_ping(topo.node(0).netns(), v4(c.ip), WAIT).with_context(|| topo.dump())?;
+    }
+    check_nat(&topo, &a, &b, nat)?;
+    topo.finish()?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "root: network namespaces, agent, CNI plugins"]
+fn vxlan_always_pods_hosts_nat() -> Result<()> {
+    pod_network("va", Never, Always, true)
+}
+
+#[test]
+#[ignore = "root: network namespaces, agent, CNI plugins"]
+fn vxlan_cross_subnet_pods_hosts_no_nat() -> Result<()> {
+    pod_network("vc", Never, CrossSubnet, false)
+}
+
+#[test]
+#[ignore = "root: network namespaces, agent, CNI plugins"]
+fn none_same_subnet_pods_hosts_nat() -> Result<()> {
+    pod_network("no", Never, Never, true)
+}
+
+#[test]
+#[ignore = "root: VM with ipip module"]
+fn vm_ipip_always_pods_hosts_nat() -> Result<()> {
+    pod_network("ia", Always, Never, true)
+}
+
+#[test]
+#[ignore = "root: VM with ipip module"]
+fn vm_ipip_cross_subnet_pods_hosts_no_nat() -> Result<()> {
+    pod_network("ic", CrossSubnet, Never, false)
+}
+
+/// DF pings at the computed maximum pass, one byte more is refused with "message too long",
+/// from a pod (pod MTU) and from the node itself (tunnel device MTU).
+fn mtu_limit(tag: &str, ipip: EncapMode, vxlan: EncapMode, device: &str, overhead: u32) -> Result<()> {
+    let mut topo = Topology::standard(tag)?;
+    topo.apply_once_all(&default_pool(ipip, vxlan, false))?;
+    let a = topo.add_pod(0, "a")?;
+    let c = topo.add_pod(2, "c")?;
+    let uplink = probe::link_mtu(topo.node(0).netns(), UPLINK)?.context("node1 has no uplink")?;
+    let mtu = uplink - overhead;
+    let pod_mtu = probe::link_mtu(&a.netns, "eth0")?.context("pod a has no eth0")?;
+    ensure!(pod_mtu == mtu, "pod eth0 MTU {pod_mtu}, expected uplink {uplink} - {overhead} = {mtu}");
+    let dev_mtu = probe::link_mtu(topo.node(0).netns(), device)?.context(format!("node1 has no {device}"))?;
+    ensure!(dev_mtu == mtu, "{device} MTU {dev_mtu}, expected {mtu}");
+    let max = mtu - 28; // IPv4 header + ICMP header
+    for (who, ns) in [("pod a", a.netns.as_str()), ("node1", topo.node(0).netns())] {
+        probe::wait_until(&format!("{who}: DF ping -s {max} to {}", c.ip), WAIT, || {
+            match probe::ping_df(ns, v4(c.ip), max) {
+                Ok(r) if r.ok => Ok(()),
+                Ok(r) => Err(r.output),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .with_context(|| topo.dump())?;
+        let over = probe::ping_df(ns, v4(c.ip), max + 1)?;
+        if !over.too_big() {
+            bail!(
+                "{who}: DF ping -s {} to {} should fail with 'message too long', got:\n{}",
+                max + 1,
+                c.ip,
+                over.output
+            );
+        }
+    }
+    topo.finish()?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "root: network namespaces, agent, CNI plugins"]
+fn vxlan_mtu_df_ping_limit() -> Result<()> {
+    mtu_limit("vm", Never, Always, VXLAN_DEV, VXLAN_OVERHEAD)
+}
+
+#[test]
+#[ignore = "root: VM with ipip module"]
+fn vm_ipip_mtu_df_ping_limit() -> Result<()> {
+    mtu_limit("im", Always, Never, IPIP_DEV, IPIP_OVERHEAD)
+}
+
+fn route_present(ns: &str, dst: &str) -> Result<(), String> {
+    let routes = probe::routes_with_proto(ns, ROUTE_PROTOCOL).map_err(|e| e.to_string())?;
+    if routes.iter().any(|r| r.starts_with(&format!("{dst} "))) {
+        Ok(())
+    } else {
+        Err(format!("no proto {ROUTE_PROTOCOL} route to {dst}; routes: {routes:#?}"))
+    }
+}
+
+fn nft_table_present(ns: &str) -> Result<(), String> {
+    match trellis_e2e::cmd::in_ns(ns, "nft", &["list", "table", "inet", "trellis"]) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A running agent puts back what someone removed: a peer route, the VXLAN device (and with
+/// it every route/neighbour/FDB entry through it), the NAT table; and it follows a changed
+/// snapshot file.
+#[test]
+#[ignore = "root: network namespaces, agent, CNI plugins"]
+fn vxlan_drift_is_corrected_by_running_agent() -> Result<()> {
+    let mut topo = Topology::standard("dr")?;
+    let pools = default_pool(Never, Always, true);
+    for i in 0..3 {
+        topo.start_agent(i, &pools, 2)?;
+    }
+    let n1 = topo.node(0).netns().to_string();
+    let peer_block = topo.node(2).blocks[0].to_string();
+    probe::wait_until("agent on node1 programs node3's block", WAIT, || route_present(&n1, &peer_block))
+        .with_context(|| topo.dump())?;
+    let conflists: Vec<_> = topo.nodes.iter().map(|n| n.conflist_path()).collect();
+    probe::wait_until("every agent wrote its conflist", WAIT, || match conflists.iter().find(|p| !p.exists()) {
+        None => Ok(()),
+        Some(p) => Err(format!("{} missing", p.display())),
+    })?;
+    let a = topo.add_pod(0, "a")?;
+    let c = topo.add_pod(2, "c")?;
+    probe::wait_ping(&a.netns, v4(c.ip), WAIT).with_context(|| topo.dump())?;
+
+    // 1. A peer route.
+    trellis_e2e::cmd::ip(&n1, &["route", "del", &peer_block])?;
+    probe::wait_until("node1's route to node3's block restored", WAIT, || route_present(&n1, &peer_block))
+        .with_context(|| topo.dump())?;
+    probe::wait_ping(&a.netns, v4(c.ip), WAIT).with_context(|| topo.dump())?;
+
+    // 2. The VXLAN device.
+    trellis_e2e::cmd::ip(&n1, &["link", "del", VXLAN_DEV])?;
+    probe::wait_until("node1's vxlan device and routes restored", WAIT, || {
+        probe::link_mtu(&n1, VXLAN_DEV).map_err(|e| e.to_string())?.ok_or("no vxlan device")?;
+        route_present(&n1, &peer_block)
+    })
+    .with_context(|| topo.dump())?;
+    probe::wait_ping(&a.netns, v4(c.ip), WAIT).with_context(|| topo.dump())?;
+
+    // 3. The NAT table.
+    trellis_e2e::cmd::in_ns(&n1, "nft", &["delete", "table", "inet", "trellis"])?;
+    probe::wait_until("node1's nft table restored", WAIT, || nft_table_present(&n1)).with_context(|| topo.dump())?;
+    let seen = probe::udp_source_seen(&a.netns, topo.internet.name(), INTERNET, UDP_PORT, WAIT)?;
+    ensure!(seen.ip() == v4(topo.node(0).ip()), "after NAT repair the internet saw {seen}");
+
+    // 4. The snapshot changes: natOutgoing off -> the table goes, pod addresses leave as is.
+    topo.write_snapshot(0, &topo.snapshot(0, &default_pool(Never, Always, false)))?;
+    probe::wait_until("node1's nft table removed after natOutgoing=false", WAIT, || match nft_table_present(&n1) {
+        Ok(()) => Err("table inet trellis still present".to_string()),
+        Err(_) => Ok(()),
+    })
+    .with_context(|| topo.dump())?;
+    let seen = probe::udp_source_seen(&a.netns, topo.internet.name(), INTERNET, UDP_PORT, WAIT)?;
+    ensure!(seen.ip() == v4(a.ip), "natOutgoing=false: the internet saw {seen}, expected pod {}", a.ip);
+
+    for i in 0..3 {
+        if let Some(status) = topo.agent(i).exited() {
+            bail!("agent {i} exited during the test ({status}):\n{}", topo.agent(i).log_text());
+        }
+    }
+    topo.finish()?;
+    Ok(())
+}
+
+/// `plan` prints the desired state and changes nothing.
+#[test]
+#[ignore = "root: network namespaces, agent"]
+fn plan_is_read_only() -> Result<()> {
+    let topo = Topology::standard("pl")?;
+    let snapshot = topo.snapshot(0, &default_pool(Never, Always, true));
+    topo.write_snapshot(0, &snapshot)?;
+    let ns = topo.node(0).netns();
+    let before = trellis_e2e::cmd::ip(ns, &["-d", "link"])?;
+    let run = topo.plan(0)?;
+    ensure!(run.status.success(), "plan failed:\n{run}");
+    let peer_block = topo.node(2).blocks[0].to_string();
+    ensure!(run.stdout.contains(&peer_block), "plan output does not mention node3's block {peer_block}:\n{run}");
+    ensure!(trellis_e2e::cmd::ip(ns, &["-d", "link"])? == before, "plan changed links");
+    let routes = probe::routes_with_proto(ns, ROUTE_PROTOCOL)?;
+    ensure!(routes.is_empty(), "plan installed routes: {routes:?}");
+    ensure!(nft_table_present(ns).is_err(), "plan created the nft table");
+    ensure!(!topo.node(0).conflist_path().exists(), "plan wrote the conflist");
+    topo.finish()?;
+    Ok(())
+}
+
+/// On a kernel without ipip (this host), an IPIP pool is reported as unusable while the
+/// VXLAN pool next to it works.
+#[test]
+#[ignore = "root: network namespaces, agent, CNI plugins; host kernel without ipip"]
+fn host_without_ipip_reports_ipip_pool_and_serves_vxlan_pool() -> Result<()> {
+    if std::path::Path::new("/sys/module/ipip").exists() || trellis_e2e::cmd::run("modprobe", &["-n", "ipip"]).is_ok() {
+        eprintln!("skipping: this kernel has ipip; the test is about kernels without it");
+        return Ok(());
+    }
+    let vx = "10.244.0.0/16";
+    let ip = "10.245.0.0/16";
+    let mut topo =
+        Topology::builder("ni").node("node1", 1).node("node2", 1).node("node3", 2).pools(&[vx, ip]).build()?;
+    let pools = vec![pool("vxlan-pool", vx, Never, Always, true), pool("ipip-pool", ip, Always, Never, true)];
+    for i in 0..3 {
+        let run = topo.apply_once(i, &pools)?;
+        ensure!(run.status.code().is_some(), "agent crashed on {}:\n{run}", topo.node(i).name);
+        let text = format!("{}{}", run.stdout, run.stderr);
+        ensure!(text.contains("ipip-pool"), "agent output does not report the ipip pool:\n{run}");
+    }
+    let vx_net: ipnet::Ipv4Net = vx.parse()?;
+    let pick = |p: &PodInfo| p.ips.iter().copied().find(|a| vx_net.contains(a));
+    let a = topo.add_pod(0, "a")?;
+    let c = topo.add_pod(2, "c")?;
+    let (Some(a_ip), Some(c_ip)) = (pick(&a), pick(&c)) else {
+        bail!("pods got no address from the VXLAN pool: a {:?}, c {:?}", a.ips, c.ips);
+    };
+    probe::wait_ping(&a.netns, v4(c_ip), WAIT).with_context(|| format!("from {a_ip}\n{}", topo.dump()))?;
+    topo.finish()?;
+    Ok(())
+}
