@@ -56,3 +56,31 @@ fn lab_pods_via_cni_with_hand_routes() -> Result<()> {
     topo.finish()?;
     Ok(())
 }
+
+#[test]
+#[ignore = "root: network namespaces, CNI plugins"]
+fn lab_teardown_after_panic_leaves_nothing() -> Result<()> {
+    // Build a lab with a pod and a stray background process, then panic inside it.
+    let outcome = std::panic::catch_unwind(|| {
+        let mut topo = Topology::standard("lt").unwrap();
+        let conf = cni::hand_conflist(&topo.node(0).blocks, 1500, &topo.node(0).ipam_dir());
+        topo.add_pod_with(0, "a", conf).unwrap();
+        let pid = trellis_e2e::cmd::in_ns(topo.node(1).netns(), "sh", &["-c", "sleep 300 >/dev/null 2>&1 & echo $!"])
+            .unwrap()
+            .trim()
+            .to_string();
+        let facts = (format!("{}-", topo.prefix), topo.dir().to_path_buf(), pid);
+        std::panic::panic_any(facts)
+    });
+    let payload = outcome.err().context("the lab closure should have panicked")?;
+    let Some((prefix, dir, pid)) = payload.downcast_ref::<(String, std::path::PathBuf, String)>() else {
+        anyhow::bail!("lab setup failed before the deliberate panic");
+    };
+    let left = trellis_e2e::netns::list_with_prefix(prefix);
+    ensure!(left.is_empty(), "namespaces left after panic: {left:?}");
+    ensure!(!dir.exists(), "temp dir {} left after panic", dir.display());
+    // The stray process was reparented to init; it must be gone (or at most a zombie).
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    ensure!(state.is_empty() || state.contains(") Z "), "process {pid} survived teardown: {state}");
+    Ok(())
+}
