@@ -571,3 +571,45 @@ fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
     assert!(!ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("10.244.1.0"));
     assert!(ns.our_routes().is_empty());
 }
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn ipv6_pod_network_over_vxlan_reads_back_exactly() {
+    let ns = Netns::new("v6");
+    // Dual stack: IPv4 peers as usual plus an IPv6 pool, tunnelled over the IPv4 underlay.
+    let mut d = desired(4096, TWO_PEERS);
+    let own6: IpNet = "fd00:10:244:1::/122".parse().unwrap();
+    d.routes.insert(own6, Route { dst: own6, kind: RouteKind::Blackhole });
+    let gw6: IpAddr = "fd00:10:244:2::".parse().unwrap();
+    d.neighbours.push(Neighbour { dev: VX.into(), ip: gw6, mac: mac(2, 0) });
+    d.neighbours.sort();
+    let peer6: IpNet = "fd00:10:244:2::/122".parse().unwrap();
+    d.routes
+        .insert(peer6, Route { dst: peer6, kind: RouteKind::Unicast { gateway: gw6, dev: VX.into(), onlink: true } });
+    let dd = d.clone();
+    let (rest, read_back) = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &dd).await;
+        let read_back = kernel.read(VX).await.unwrap();
+        (diff(&read_back, &dd), read_back)
+    });
+    assert!(rest.is_empty(), "{rest:#?}");
+    assert_eq!(read_back.routes, d.routes);
+    assert_eq!(read_back.neighbours, d.neighbours);
+    let routes6 = ns.ip(&["-6", "route", "show", "proto", "84"]);
+    assert!(routes6.contains("fd00:10:244:2::/122 via fd00:10:244:2:: dev vxlan.trellis"), "{routes6}");
+    assert!(routes6.contains("blackhole fd00:10:244:1::/122"), "{routes6}");
+    let neigh6 = ns.ip(&["-6", "neigh", "show", "dev", VX, "nud", "permanent"]);
+    assert!(neigh6.contains("fd00:10:244:2:: lladdr 02:00:00:00:00:02"), "{neigh6}");
+
+    // Removing the IPv6 pool removes exactly its route, neighbour and blackhole.
+    let v4_only = desired(4096, TWO_PEERS);
+    let changes = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &v4_only).await
+    });
+    let kinds: Vec<&str> = changes.iter().map(Change::kind).collect();
+    assert_eq!(kinds, ["route-", "route-", "neighbour-"], "{changes:#?}");
+    assert!(ns.ip(&["-6", "route", "show", "proto", "84"]).trim().is_empty());
+    assert_eq!(ns.our_routes().len(), 3);
+}
