@@ -10,7 +10,7 @@ SHELL := /bin/bash
 KAPI := $(CURDIR)/e2e/testbed/kube-apiserver-lite
 KVM := $(CURDIR)/e2e/testbed/kernel-vm
 CARGO ?= cargo
-export KAPI_STATE ?= /tmp/trellis-kapi
+export KAPI_STATE ?= /tmp/trellis-kapi-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 
 .PHONY: all build test lint test-pure test-root test-vm crds apiserver-start apiserver-stop clean
 
@@ -31,10 +31,22 @@ test: lint test-pure test-root test-vm
 test-pure:
 	$(CARGO) test --workspace
 
+# The API server gets a state dir of its own per checkout (two checkouts can test at once) and
+# starts with an empty etcd; the trap stops it however the tests end, and their status is kept.
 test-root: build
 	@[ "$$(id -u)" = 0 ] || { echo "test-root needs root (network namespaces, netlink)"; exit 1; }
-	export KUBECONFIG=$$($(KAPI) start) && \
-	  $(CARGO) test --workspace -- --ignored --skip vm_ ; rc=$$?; $(KAPI) stop; exit $$rc
+	@set -euo pipefail; \
+	  trap '$(KAPI) stop' EXIT; trap 'exit 130' INT TERM; \
+	  KUBECONFIG=$$($(KAPI) restart); export KUBECONFIG; \
+	  echo "test-root: API server up, KUBECONFIG=$$KUBECONFIG"; \
+	  $(CARGO) test --workspace -- --ignored --skip vm_
+
+# For working by hand: `eval $$(make -s apiserver-start)`, then `cargo test -p ... -- --ignored`.
+apiserver-start:
+	@$(KAPI) env
+
+apiserver-stop:
+	@$(KAPI) stop
 
 test-vm: build
 	@[ "$$(id -u)" = 0 ] || { echo "test-vm needs root"; exit 1; }

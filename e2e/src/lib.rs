@@ -3,7 +3,11 @@
 //! Data plane lab: [`topology`] builds nodes/router/internet namespaces ([`netns`] guards),
 //! [`pod`]s are wired by the real CNI plugins ([`cni`]), [`agent`] runs the real agent binary
 //! per node, and [`probe`] observes packets, captures and counters.
+//!
+//! Control plane: [`apiserver`] connects to the real API server `make test-root` starts, applies
+//! the generated CRDs and drives objects from YAML (kube-rs and the real kubectl).
 pub mod agent;
+pub mod apiserver;
 pub mod cmd;
 pub mod cni;
 pub mod error;
