@@ -11,7 +11,8 @@
 //! route goes before them on removal. VXLAN parameters the kernel cannot change in place (VNI,
 //! port, local address, underlay link, learning) mean delete + recreate, flagged disruptive;
 //! everything that was on the old device (its neighbours, FDB, addresses, routes) is planned
-//! again on the new one. `tunl0` is the kernel's fallback device and cannot be deleted:
+//! again on the new one. A marked VXLAN device under another name (the name setting changed)
+//! is deleted first: the kernel refuses two devices with one VNI and port. `tunl0` is the kernel's fallback device and cannot be deleted:
 //! "removing" it drops its addresses and sets it down. Equal states give an empty diff.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -181,8 +182,19 @@ pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
     let mut devices = Vec::new();
     let mut device_removals = Vec::new();
 
-    // 1. Devices. A recreated VXLAN device loses everything on it: forget it from `current`
-    // so the phases below plan it again.
+    // 1. Devices. A marked VXLAN device under another name goes first: the kernel refuses a
+    // second device with the same VNI and port, and the routes through it go with it.
+    for name in current.stale_vxlan.clone() {
+        if desired.vxlan.as_ref().is_none_or(|t| t.name != name) {
+            devices.push(Change::DeleteVxlan {
+                name: name.clone(),
+                reason: "not the configured VXLAN device".to_string(),
+            });
+            current.routes.retain(|_, r| !matches!(&r.kind, RouteKind::Unicast { dev, .. } if *dev == name));
+        }
+    }
+    // A recreated VXLAN device loses everything on it: forget it from `current` so the phases
+    // below plan it again.
     match (current.vxlan.clone(), &desired.vxlan) {
         (Some(cur), Some(want)) => {
             if let Some(reason) = recreate_reason(&cur, want) {

@@ -189,7 +189,7 @@ const TWO_PEERS: &[(u8, u8, &str)] = &[(2, 0, "10.244.2.0/26"), (3, 0, "10.244.3
 
 /// read → diff → apply; returns the applied changes, panics on kernel refusals.
 async fn converge(kernel: &NetlinkKernel, d: &DesiredState) -> Vec<Change> {
-    let current = kernel.read(VX).await.unwrap();
+    let current = kernel.read(reconcile::vxlan_device(d, VX)).await.unwrap();
     let changes = diff(&current, d);
     let report = apply(kernel, &changes).await;
     assert!(report.ok(), "{:#?}", report.failed);
@@ -612,4 +612,48 @@ fn ipv6_pod_network_over_vxlan_reads_back_exactly() {
     assert_eq!(kinds, ["route-", "route-", "neighbour-"], "{changes:#?}");
     assert!(ns.ip(&["-6", "route", "show", "proto", "84"]).trim().is_empty());
     assert_eq!(ns.our_routes().len(), 3);
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn renamed_vxlan_device_replaces_the_old_one_and_foreign_devices_survive() {
+    let ns = Netns::new("rename");
+    ns.ip(&["link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "8472", "dev", "eth0"]);
+    let mut renamed = desired(4096, TWO_PEERS);
+    let rename = |dev: &mut String| *dev = "vx.renamed".into();
+    rename(&mut renamed.vxlan.as_mut().unwrap().name);
+    renamed.neighbours.iter_mut().for_each(|n| rename(&mut n.dev));
+    renamed.fdb.iter_mut().for_each(|f| rename(&mut f.dev));
+    for route in renamed.routes.values_mut() {
+        if let RouteKind::Unicast { dev, .. } = &mut route.kind {
+            rename(dev);
+        }
+    }
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, TWO_PEERS)).await;
+    });
+    assert_eq!(ns.ip_json(&["link", "show", VX])[0]["ifalias"], "trellis", "our device carries the owner mark");
+    // A restarted agent (new kernel handle) with the new name.
+    let r = renamed.clone();
+    let (changes, rest) = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let changes = converge(&kernel, &r).await;
+        (changes, diff(&kernel.read("vx.renamed").await.unwrap(), &r))
+    });
+    assert!(rest.is_empty(), "{rest:#?}");
+    // The old device goes first (the kernel refuses a second device with VNI 4096 on port 4789).
+    assert!(matches!(&changes[0], Change::DeleteVxlan { name, .. } if name == VX), "{changes:#?}");
+    assert!(matches!(&changes[1], Change::CreateVxlan(t) if t.name == "vx.renamed"), "{changes:#?}");
+    let links = ns.links();
+    assert!(links.contains(&"vx.renamed".to_string()) && !links.contains(&VX.to_string()), "{links:?}");
+    assert!(links.contains(&"flannel.1".to_string()), "foreign VXLAN device untouched: {links:?}");
+    assert_eq!(
+        ns.our_routes(),
+        vec![
+            "10.244.1.0/26|||false|blackhole",
+            "10.244.2.0/26|10.244.2.0|vx.renamed|true|unicast",
+            "10.244.3.0/26|10.244.3.0|vx.renamed|true|unicast",
+        ]
+    );
 }

@@ -271,6 +271,33 @@ fn ipip_adopts_tunl0_and_removal_only_downs_it() {
 }
 
 #[test]
+fn stale_marked_vxlan_device_is_deleted_before_the_new_one_is_created() {
+    let d = two_peers();
+    let mut old = converged(&d);
+    // The device was called "vx.old": everything on it carried that name.
+    old.vxlan = None;
+    old.stale_vxlan = vec!["vx.old".into()];
+    old.neighbours.clear();
+    old.fdb.clear();
+    for r in old.routes.values_mut() {
+        if let RouteKind::Unicast { dev, .. } = &mut r.kind {
+            *dev = "vx.old".into();
+        }
+    }
+    let changes = diff(&old, &d);
+    assert_eq!(
+        changes[0],
+        Change::DeleteVxlan { name: "vx.old".into(), reason: "not the configured VXLAN device".into() }
+    );
+    assert_eq!(changes[1], Change::CreateVxlan(vxlan(4096)));
+    // Its routes went with it: they are added again, not updated.
+    assert_eq!(changes.iter().filter(|c| c.kind() == "route+").count(), 2, "{changes:#?}");
+    let after = run(&old, &changes);
+    assert!(after.stale_vxlan.is_empty());
+    assert!(diff(&after, &d).is_empty());
+}
+
+#[test]
 fn extra_fdb_remote_for_a_desired_mac_is_removed() {
     let d = two_peers();
     let mut k = converged(&d);

@@ -41,7 +41,14 @@ pub struct KernelState {
     pub neighbours: Vec<Neighbour>,
     /// Permanent FDB entries with a remote on the VXLAN device (sorted).
     pub fdb: Vec<FdbEntry>,
+    /// Other VXLAN devices marked as Trellis' ([`OWNER_ALIAS`]): left over after the device
+    /// name setting changed. Unmarked (foreign) devices never appear here.
+    pub stale_vxlan: Vec<String>,
 }
+
+/// Interface alias (`ip link set DEV alias trellis`) marking the VXLAN device Trellis created,
+/// so a device left behind under an old name is recognised — also across restarts.
+pub const OWNER_ALIAS: &str = "trellis";
 
 /// `tunl0` as the kernel has it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -263,7 +270,9 @@ pub(crate) mod fake {
     impl Kernel for FakeKernel {
         async fn read(&self, vxlan_device: &str) -> Result<KernelState, KernelError> {
             self.reads.borrow_mut().push(vxlan_device.to_string());
-            Ok(self.state.borrow().clone())
+            let mut state = self.state.borrow().clone();
+            state.vxlan = state.vxlan.filter(|v| v.name == vxlan_device);
+            Ok(state)
         }
 
         async fn apply_one(&self, change: &Change) -> Result<(), KernelError> {
@@ -318,6 +327,9 @@ pub(crate) mod fake {
                         up: true,
                         addresses: vec![],
                     })
+                }
+                Change::DeleteVxlan { name, .. } if self.stale_vxlan.contains(name) => {
+                    self.stale_vxlan.retain(|n| n != name);
                 }
                 Change::DeleteVxlan { name, .. } => {
                     self.vxlan = None;

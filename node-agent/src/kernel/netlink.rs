@@ -26,7 +26,7 @@ use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, MulticastGroup};
 use tokio::sync::mpsc;
 
 use super::caps::{self, LinkProbe, ProbeOutcome, TunnelKind};
-use super::{IpipDevice, Kernel, KernelError, KernelState, VxlanDevice, sysctl};
+use super::{IpipDevice, Kernel, KernelError, KernelState, OWNER_ALIAS, VxlanDevice, sysctl};
 use crate::desired::{Capabilities, FdbEntry, IPIP_DEVICE, Neighbour, ROUTE_PROTOCOL, Route, RouteKind, VxlanTunnel};
 use crate::diff::Change;
 use crate::vtep::MacAddr;
@@ -314,7 +314,13 @@ impl NetlinkKernel {
             IpAddr::V6(v6) => builder.local6(v6),
         };
         let message = builder.mtu(t.mtu).address(t.mac.0.to_vec()).up().build();
-        self.handle.link().add(message).execute().await.map_err(|e| nl_error(format!("create vxlan {}", t.name), e))
+        self.handle.link().add(message).execute().await.map_err(|e| nl_error(format!("create vxlan {}", t.name), e))?;
+        // The owner mark (an alias is not taken at creation by every kernel: set it after).
+        let index = self.index(&t.name).await?;
+        let mark = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::IfAlias(OWNER_ALIAS.to_string()))
+            .build();
+        self.set_link(mark, &format!("set {} alias", t.name)).await
     }
 
     async fn ensure_tunl0(&self) -> Result<(), KernelError> {
@@ -532,7 +538,15 @@ impl Kernel for NetlinkKernel {
             out
         };
 
+        let stale_vxlan = links
+            .iter()
+            .filter(|l| link_name(l).is_some_and(|n| n != vxlan_name))
+            .filter(|l| link_info(l).0 == Some(&InfoKind::Vxlan))
+            .filter(|l| l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(x) if x == OWNER_ALIAS)))
+            .filter_map(|l| link_name(l).map(str::to_string))
+            .collect();
         let mut state = KernelState {
+            stale_vxlan,
             ipip: tunl0.and_then(|l| {
                 Some(IpipDevice { mtu: link_mtu(l)?, up: is_up(l), addresses: addresses_of(l.header.index) })
             }),
