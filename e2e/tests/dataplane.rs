@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use trellis_agent::desired::{IPIP_OVERHEAD, ROUTE_PROTOCOL, VXLAN_OVERHEAD};
 use trellis_agent::snapshot::Pool;
+use trellis_agent::vtep::{MacAddr, tunnel_address_for};
 use trellis_api::EncapMode::{self, Always, CrossSubnet, Never};
 use trellis_e2e::pod::PodInfo;
 use trellis_e2e::probe::{self, WireSample};
@@ -217,8 +218,8 @@ fn nft_table_present(ns: &str) -> Result<(), String> {
 }
 
 /// A running agent puts back what someone removed: a peer route, the VXLAN device (and with
-/// it every route/neighbour/FDB entry through it), the NAT table; and it follows a changed
-/// snapshot file.
+/// it every route/neighbour/FDB entry through it), a peer's neighbour and FDB entries, the
+/// NAT table; and it follows a changed snapshot file.
 #[test]
 #[ignore = "root: network namespaces, agent, CNI plugins"]
 fn vxlan_drift_is_corrected_by_running_agent() -> Result<()> {
@@ -255,13 +256,33 @@ fn vxlan_drift_is_corrected_by_running_agent() -> Result<()> {
     .with_context(|| topo.dump())?;
     probe::wait_ping(&a.netns, v4(c.ip), WAIT).with_context(|| topo.dump())?;
 
-    // 3. The NAT table.
+    // 3. node3's neighbour and FDB entries on the VXLAN device (without them node1 cannot
+    //    resolve node3's tunnel address or find its VTEP).
+    let mac = MacAddr::for_node(&topo.node(2).name).to_string();
+    let tunnel = tunnel_address_for(&[ipnet::IpNet::V4(topo.node(2).blocks[0])]).context("no tunnel address")?;
+    let tunnel = tunnel.to_string();
+    let node3 = topo.node(2).ip().to_string();
+    trellis_e2e::cmd::ip(&n1, &["neigh", "del", &tunnel, "dev", VXLAN_DEV])?;
+    trellis_e2e::cmd::in_ns(&n1, "bridge", &["fdb", "del", &mac, "dev", VXLAN_DEV, "dst", &node3])?;
+    probe::wait_until("node1's neighbour and FDB entries for node3 restored", WAIT, || {
+        let neigh =
+            trellis_e2e::cmd::ip(&n1, &["neigh", "show", "dev", VXLAN_DEV, &tunnel]).map_err(|e| e.to_string())?;
+        let fdb =
+            trellis_e2e::cmd::in_ns(&n1, "bridge", &["fdb", "show", "dev", VXLAN_DEV]).map_err(|e| e.to_string())?;
+        let neigh_ok = neigh.contains(&mac) && neigh.contains("PERMANENT");
+        let fdb_ok = fdb.lines().any(|l| l.starts_with(&mac) && l.contains(&format!("dst {node3}")));
+        if neigh_ok && fdb_ok { Ok(()) } else { Err(format!("neigh: {neigh}\nfdb: {fdb}")) }
+    })
+    .with_context(|| topo.dump())?;
+    probe::wait_ping(&a.netns, v4(c.ip), WAIT).with_context(|| topo.dump())?;
+
+    // 4. The NAT table.
     trellis_e2e::cmd::in_ns(&n1, "nft", &["delete", "table", "inet", "trellis"])?;
     probe::wait_until("node1's nft table restored", WAIT, || nft_table_present(&n1)).with_context(|| topo.dump())?;
     let seen = probe::udp_source_seen(&a.netns, topo.internet.name(), INTERNET, UDP_PORT, WAIT)?;
     ensure!(seen.ip() == v4(topo.node(0).ip()), "after NAT repair the internet saw {seen}");
 
-    // 4. The snapshot changes: natOutgoing off -> the table goes, pod addresses leave as is.
+    // 5. The snapshot changes: natOutgoing off -> the table goes, pod addresses leave as is.
     topo.write_snapshot(0, &topo.snapshot(0, &default_pool(Never, Always, false)))?;
     probe::wait_until("node1's nft table removed after natOutgoing=false", WAIT, || match nft_table_present(&n1) {
         Ok(()) => Err("table inet trellis still present".to_string()),
@@ -333,6 +354,89 @@ fn host_without_ipip_reports_ipip_pool_and_serves_vxlan_pool() -> Result<()> {
         bail!("pods got no address from the VXLAN pool: a {:?}, c {:?}", a.ips, c.ips);
     };
     probe::wait_ping(&a.netns, v4(c_ip), WAIT).with_context(|| format!("from {a_ip}\n{}", topo.dump()))?;
+    topo.finish()?;
+    Ok(())
+}
+
+/// Running agents follow a mode change in the snapshot files: VXLAN Always -> CrossSubnet
+/// turns same-subnet pod traffic into plain routed packets, cross-subnet stays encapsulated;
+/// then VXLAN -> None removes the VXLAN device. Pods keep their addresses throughout.
+#[test]
+#[ignore = "root: network namespaces, agent, CNI plugins"]
+fn vxlan_mode_change_followed_by_running_agents() -> Result<()> {
+    let mut topo = Topology::standard("mc")?;
+    let always = default_pool(Never, Always, false);
+    topo.apply_once_all(&always)?;
+    let a = topo.add_pod(0, "a")?;
+    let b = topo.add_pod(1, "b")?;
+    let c = topo.add_pod(2, "c")?;
+    for i in 0..3 {
+        topo.start_agent(i, &always, 2)?;
+    }
+    check_path(&topo, &a, v4(b.ip), Carried::Vxlan)?;
+
+    let cross = default_pool(Never, CrossSubnet, false);
+    for i in 0..3 {
+        topo.write_snapshot(i, &topo.snapshot(i, &cross))?;
+    }
+    let (n1, n2) = (topo.node(0).netns().to_string(), topo.node(1).ip().to_string());
+    let b_block = topo.node(1).blocks[0].to_string();
+    probe::wait_until("node1 routes node2's block directly over the uplink", WAIT, || {
+        let routes = probe::routes_with_proto(&n1, ROUTE_PROTOCOL).map_err(|e| e.to_string())?;
+        let direct = format!("{b_block} via {n2} dev {UPLINK}");
+        if routes.iter().any(|r| r.starts_with(&direct)) { Ok(()) } else { Err(format!("{routes:#?}")) }
+    })
+    .with_context(|| topo.dump())?;
+    check_path(&topo, &a, v4(b.ip), Carried::Plain)?;
+    check_path(&topo, &a, v4(c.ip), Carried::Vxlan)?;
+
+    let none = default_pool(Never, Never, false);
+    for i in 0..3 {
+        topo.write_snapshot(i, &topo.snapshot(i, &none))?;
+    }
+    probe::wait_until("node1's VXLAN device removed", WAIT, || match probe::link_mtu(&n1, VXLAN_DEV) {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(format!("{VXLAN_DEV} still present")),
+        Err(e) => Err(e.to_string()),
+    })
+    .with_context(|| topo.dump())?;
+    check_path(&topo, &b, v4(a.ip), Carried::Plain)?;
+    topo.finish()?;
+    Ok(())
+}
+
+/// IPIP drift inside the VM: a running agent restores a removed peer route through tunl0,
+/// brings tunl0 back up and resets its MTU.
+#[test]
+#[ignore = "root: VM with ipip module"]
+fn vm_ipip_drift_is_corrected_by_running_agent() -> Result<()> {
+    let mut topo = Topology::standard("id")?;
+    let pools = default_pool(Always, Never, false);
+    topo.apply_once_all(&pools)?;
+    let a = topo.add_pod(0, "a")?;
+    let c = topo.add_pod(2, "c")?;
+    for i in 0..3 {
+        topo.start_agent(i, &pools, 2)?;
+    }
+    let n1 = topo.node(0).netns().to_string();
+    let peer_block = topo.node(2).blocks[0].to_string();
+    let mtu = probe::link_mtu(&n1, UPLINK)?.context("no uplink")? - IPIP_OVERHEAD;
+    probe::wait_ping(&a.netns, v4(c.ip), WAIT).with_context(|| topo.dump())?;
+
+    trellis_e2e::cmd::ip(&n1, &["route", "del", &peer_block])?;
+    probe::wait_until("node1's route to node3's block restored", WAIT, || route_present(&n1, &peer_block))
+        .with_context(|| topo.dump())?;
+    probe::wait_ping(&a.netns, v4(c.ip), WAIT).with_context(|| topo.dump())?;
+
+    trellis_e2e::cmd::ip(&n1, &["link", "set", IPIP_DEV, "down", "mtu", "1300"])?;
+    probe::wait_until("tunl0 up with MTU restored, routes back", WAIT, || {
+        let link = trellis_e2e::cmd::ip(&n1, &["link", "show", IPIP_DEV]).map_err(|e| e.to_string())?;
+        let up = link.contains(",UP");
+        let mtu_ok = link.contains(&format!("mtu {mtu} "));
+        if up && mtu_ok { route_present(&n1, &peer_block) } else { Err(link) }
+    })
+    .with_context(|| topo.dump())?;
+    probe::wait_ping(&a.netns, v4(c.ip), WAIT).with_context(|| topo.dump())?;
     topo.finish()?;
     Ok(())
 }
