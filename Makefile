@@ -48,9 +48,10 @@ apiserver-start:
 apiserver-stop:
 	@$(KAPI) stop
 
+# One VM boot runs every vm_ test (or only those matching VM_TESTS, e.g. VM_TESTS=vm_ipip_mtu).
 test-vm: build
 	@[ "$$(id -u)" = 0 ] || { echo "test-vm needs root"; exit 1; }
-	$(CURDIR)/e2e/testbed/run-vm-tests
+	$(CURDIR)/e2e/testbed/run-vm-tests $(VM_TESTS)
 
 clean:
 	$(CARGO) clean

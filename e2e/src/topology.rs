@@ -50,7 +50,7 @@ pub const UPLINK: &str = "eth0";
 pub struct TopologyBuilder {
     tag: String,
     nodes: Vec<(String, u8)>,
-    pools: Vec<Ipv4Net>,
+    pools: Vec<String>,
 }
 
 impl TopologyBuilder {
@@ -62,12 +62,17 @@ impl TopologyBuilder {
 
     /// Pools whose blocks the nodes get (default: [`DEFAULT_POOL`] only).
     pub fn pools(mut self, pools: &[&str]) -> Self {
-        self.pools = pools.iter().filter_map(|p| p.parse().ok()).collect();
+        self.pools = pools.iter().map(|p| p.to_string()).collect();
         self
     }
 
     /// Creates every namespace and link.
     pub fn build(self) -> Result<Topology> {
+        let pools = self
+            .pools
+            .iter()
+            .map(|p| p.parse::<Ipv4Net>().map_err(|e| Error::Setup(format!("pool {p}: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
         let prefix = netns::unique_prefix(&self.tag);
         let dir = tempfile::Builder::new()
             .prefix(&format!("trellis-{prefix}-"))
@@ -96,7 +101,7 @@ impl TopologyBuilder {
         }
         for (i, (name, subnet)) in self.nodes.iter().enumerate() {
             let index = i as u8 + 1;
-            let node = topo.add_node(name, index, *subnet, &self.pools)?;
+            let node = topo.add_node(name, index, *subnet, &pools)?;
             topo.nodes.push(node);
         }
         Ok(topo)
@@ -163,7 +168,7 @@ pub struct Topology {
 impl Topology {
     /// Starts describing a lab; `tag` (a few letters) names the test in `ip netns list`.
     pub fn builder(tag: &str) -> TopologyBuilder {
-        TopologyBuilder { tag: tag.to_string(), nodes: Vec::new(), pools: vec![default_pool_net()] }
+        TopologyBuilder { tag: tag.to_string(), nodes: Vec::new(), pools: vec![DEFAULT_POOL.to_string()] }
     }
 
     /// The usual lab: node1 and node2 on subnet 1, node3 on subnet 2.
@@ -367,10 +372,6 @@ pub fn processes_mentioning(needles: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn default_pool_net() -> Ipv4Net {
-    Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default()
-}
-
 /// Block `index` of `pool` for [`BLOCK_SIZE`]: the `index`-th /26 counted in /24 steps, so
 /// node N's block reads `10.244.N.0/26`.
 pub fn block_of(pool: Ipv4Net, index: u8) -> Result<Ipv4Net> {
@@ -380,16 +381,16 @@ pub fn block_of(pool: Ipv4Net, index: u8) -> Result<Ipv4Net> {
 }
 
 /// A pool for the lab's snapshots.
-pub fn pool(name: &str, cidr: &str, ipip: EncapMode, vxlan: EncapMode, nat_outgoing: bool) -> Pool {
-    Pool {
+pub fn pool(name: &str, cidr: &str, ipip: EncapMode, vxlan: EncapMode, nat_outgoing: bool) -> Result<Pool> {
+    Ok(Pool {
         name: name.to_string(),
-        cidr: cidr.parse().unwrap_or_else(|_| IpNet::V4(default_pool_net())),
+        cidr: cidr.parse().map_err(|e| Error::Setup(format!("pool {name} cidr {cidr}: {e}")))?,
         ipip_mode: ipip,
         vxlan_mode: vxlan,
         nat_outgoing,
         disabled: false,
         block_size: Some(BLOCK_SIZE),
-    }
+    })
 }
 
 /// An address as `IpAddr`, for the probes.

@@ -31,7 +31,7 @@ const IPIP_DEV: &str = "tunl0";
 const UDP_PORT: u16 = 7777;
 
 fn default_pool(ipip: EncapMode, vxlan: EncapMode, nat: bool) -> Vec<Pool> {
-    vec![pool("default-ipv4-ippool", DEFAULT_POOL, ipip, vxlan, nat)]
+    vec![pool("default-ipv4-ippool", DEFAULT_POOL, ipip, vxlan, nat).unwrap()]
 }
 
 /// Which encapsulation a packet between two pods should use on the wire.
@@ -336,7 +336,7 @@ fn host_without_ipip_reports_ipip_pool_and_serves_vxlan_pool() -> Result<()> {
     let ip = "10.245.0.0/16";
     let mut topo =
         Topology::builder("ni").node("node1", 1).node("node2", 1).node("node3", 2).pools(&[vx, ip]).build()?;
-    let pools = vec![pool("vxlan-pool", vx, Never, Always, true), pool("ipip-pool", ip, Always, Never, true)];
+    let pools = vec![pool("vxlan-pool", vx, Never, Always, true)?, pool("ipip-pool", ip, Always, Never, true)?];
     for i in 0..3 {
         let run = topo.apply_once(i, &pools)?;
         ensure!(run.status.code().is_some(), "agent crashed on {}:\n{run}", topo.node(i).name);
