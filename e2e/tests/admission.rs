@@ -172,8 +172,12 @@ fn ippool_cases(n: &dyn Fn(&str) -> String) -> Vec<Case> {
     ]
 }
 
+/// Serializes the tests that use the name `default`: a server-side dry-run create fails with
+/// AlreadyExists while the real one exists.
+static INSTALLATION_DEFAULT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Installation manifests. The name must be `default` (a singleton), so they run as
-/// server-side dry runs: full admission, nothing stored, no clash between parallel tests.
+/// server-side dry runs: full admission, nothing stored.
 fn installation_cases() -> Vec<Case> {
     let c = |name: &'static str, spec: Value, expect| Case { name, manifest: installation("default", spec), expect };
     let mut cases = vec![
@@ -400,6 +404,7 @@ async fn ippool_admission_table_kubectl() -> Result<()> {
 #[ignore = "root: needs the real API server (make test-root)"]
 async fn installation_admission_table() -> Result<()> {
     let api = server().await?;
+    let _singleton = INSTALLATION_DEFAULT.lock().await;
     let cases = installation_cases();
     let failures = run_kube(&api, &cases, true).await?;
     report("Installation via kube-rs (dry run)", &cases, failures)
@@ -409,6 +414,7 @@ async fn installation_admission_table() -> Result<()> {
 #[ignore = "root: needs the real API server (make test-root)"]
 async fn installation_admission_table_kubectl() -> Result<()> {
     let api = server().await?;
+    let _singleton = INSTALLATION_DEFAULT.lock().await;
     let cases = installation_cases();
     let failures = run_kubectl(&api, &cases)?;
     report("Installation via kubectl (dry run)", &cases, failures)
@@ -668,4 +674,69 @@ fn judge_flags_wrong_verdicts() {
     assert!(judge(&case(Reject("bad cidr")), Ok(())).is_some());
     assert!(judge(&case(Reject("bad cidr")), Err("x: bad cidr".into())).is_none());
     assert!(judge(&case(Reject("bad cidr")), Err("other".into())).is_some());
+}
+
+/// The singleton for real: created, patched by users with kubectl (bad MTU, second
+/// autodetection method, encapsulation typo are refused and change nothing), deleted.
+/// The only test in this binary that stores an Installation, since there can be only one.
+#[tokio::test]
+#[ignore = "root: needs the real API server (make test-root)"]
+async fn installation_default_patches_kubectl() -> Result<()> {
+    let api = server().await?;
+    let _singleton = INSTALLATION_DEFAULT.lock().await;
+    let inst = installation(
+        "default",
+        json!({"network": {"ipPools": [{"cidr": "10.244.0.0/16", "encapsulation": "IPIP"}], "nodeAddressAutodetection": {"firstFound": true}}}),
+    );
+    let manifest = yaml(&inst);
+    let _guard = api.cleanup(&manifest)?;
+    let out = api.kubectl_stdin(&["create", "-f", "-"], &manifest)?;
+    ensure!(out.status.success(), "kubectl create installation default: {}", String::from_utf8_lossy(&out.stderr));
+    let steps: Vec<(&str, Value, Expect)> = vec![
+        ("mtu-1400", json!({"spec": {"network": {"mtu": 1400}}}), Accept),
+        (
+            "mtu-100",
+            json!({"spec": {"network": {"mtu": 100}}}),
+            Reject("spec.network.mtu must be between 576 and 9216"),
+        ),
+        (
+            "second-method",
+            json!({"spec": {"network": {"nodeAddressAutodetection": {"interface": "eth0"}}}}),
+            Reject("set at most one of"),
+        ),
+        (
+            "switch-method",
+            json!({"spec": {"network": {"nodeAddressAutodetection": {"firstFound": null, "interface": "eth0"}}}}),
+            Accept,
+        ),
+        (
+            "encap-typo",
+            json!({"spec": {"network": {"ipPools": [{"cidr": "10.244.0.0/16", "encapsulation": "VXLan"}]}}}),
+            Reject("Unsupported value: \"VXLan\""),
+        ),
+        (
+            "encap-vxlan",
+            json!({"spec": {"network": {"ipPools": [{"cidr": "10.244.0.0/16", "encapsulation": "VXLAN"}]}}}),
+            Accept,
+        ),
+    ];
+    let mut spec = inst["spec"].clone();
+    let mut failures = Vec::new();
+    for (step, patch, expect) in steps {
+        let out = api.kubectl(&["patch", "installation", "default", "--type", "merge", "-p", &patch.to_string()])?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let verdict = if out.status.success() {
+            merge(&mut spec, &patch["spec"]);
+            Ok(())
+        } else {
+            Err(stderr)
+        };
+        failures.extend(judge(&Case { name: step, manifest: Value::Null, expect }, verdict));
+        let now = api.get_like(&manifest).await?;
+        if now.data["spec"] != spec {
+            failures.push(format!("{step}: spec is {} expected {spec}", now.data["spec"]));
+        }
+    }
+    ensure!(failures.is_empty(), "Installation patches via kubectl:\n  {}", failures.join("\n  "));
+    Ok(())
 }
