@@ -46,6 +46,8 @@ enum Carried {
 /// traffic was carried exactly as `expected`.
 fn check_path(topo: &Topology, from: &PodInfo, to: IpAddr, expected: Carried) -> Result<WireSample> {
     let node = topo.node(from.node);
+    let tx = |dev: &str| probe::link_counters(node.netns(), dev).map(|c| c.map(|(tx, _)| tx).unwrap_or(0));
+    let (vxlan_before, ipip_before) = (tx(VXLAN_DEV)?, tx(IPIP_DEV)?);
     let (_, wire) = probe::observe_wire(node.netns(), UPLINK, DEFAULT_POOL, || probe::wait_ping(&from.netns, to, WAIT))
         .with_context(|| format!("pod {} ({}) -> {to}\n{}", from.name, from.ip, topo.dump()))?;
     let (vxlan, ipip, plain) = (wire.vxlan.count(), wire.ipip.count(), wire.plain.count());
@@ -55,6 +57,20 @@ fn check_path(topo: &Topology, from: &PodInfo, to: IpAddr, expected: Carried) ->
         Carried::Plain => plain > 0 && vxlan == 0 && ipip == 0,
     };
     ensure!(ok, "pod {} -> {to}: expected {expected:?} on {}'s uplink, saw:\n{wire}", from.name, node.name);
+    // Second witness: the tunnel device's own transmit counter.
+    let (vxlan_sent, ipip_sent) =
+        (tx(VXLAN_DEV)?.saturating_sub(vxlan_before), tx(IPIP_DEV)?.saturating_sub(ipip_before));
+    let counters_ok = match expected {
+        Carried::Vxlan => vxlan_sent > 0,
+        Carried::Ipip => ipip_sent > 0,
+        Carried::Plain => vxlan_sent == 0 && ipip_sent == 0,
+    };
+    ensure!(
+        counters_ok,
+        "pod {} -> {to}: expected {expected:?}, but {} sent {vxlan_sent} packets on {VXLAN_DEV} and {ipip_sent} on {IPIP_DEV}",
+        from.name,
+        node.name
+    );
     Ok(wire)
 }
 
