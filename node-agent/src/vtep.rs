@@ -17,6 +17,11 @@ use sha2::{Digest, Sha256};
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
+    /// The MAC in a netlink attribute's bytes, if they are exactly six.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
+    }
+
     /// Locally administered unicast MAC derived from the node name: `02:` + 5 bytes of
     /// SHA-256(name). Stable, distinct per name with overwhelming probability.
     pub fn for_node(name: &str) -> Self {

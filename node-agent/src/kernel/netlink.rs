@@ -84,11 +84,7 @@ fn link_mtu(m: &LinkMessage) -> Option<u32> {
 
 fn link_mac(m: &LinkMessage) -> Option<MacAddr> {
     m.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(b) if b.len() == 6 => {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(b);
-            Some(MacAddr(mac))
-        }
+        LinkAttribute::Address(b) => MacAddr::from_bytes(b),
         _ => None,
     })
 }
@@ -221,11 +217,7 @@ fn neighbour_ip(m: &NeighbourMessage) -> Option<IpAddr> {
 
 fn neighbour_mac(m: &NeighbourMessage) -> Option<MacAddr> {
     m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(b);
-            Some(MacAddr(mac))
-        }
+        NeighbourAttribute::LinkLayerAddress(b) => MacAddr::from_bytes(b),
         _ => None,
     })
 }
