@@ -487,6 +487,26 @@ impl NetlinkKernel {
         )
     }
 
+    /// (IP, MAC) of the permanent neighbour messages on link `index`: the neighbour table
+    /// (`family` None) or the FDB (`AddressFamily::Bridge`).
+    async fn permanent_entries(
+        &self,
+        index: u32,
+        family: Option<AddressFamily>,
+        op: &str,
+    ) -> Result<Vec<(IpAddr, MacAddr)>, KernelError> {
+        let mut request = self.handle.neighbours().get();
+        if let Some(family) = family {
+            request = request.set_address_family(family);
+        }
+        let messages: Vec<NeighbourMessage> = request.execute().try_collect().await.map_err(|e| nl_error(op, e))?;
+        Ok(messages
+            .iter()
+            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+            .filter_map(|m| Some((neighbour_ip(m)?, neighbour_mac(m)?)))
+            .collect())
+    }
+
     async fn dump_links(&self) -> Result<Vec<LinkMessage>, KernelError> {
         self.handle.link().get().execute().try_collect().await.map_err(|e| nl_error("dump links", e))
     }
@@ -575,38 +595,13 @@ impl Kernel for NetlinkKernel {
 
         if let Some(vx) = vxlan {
             let index = vx.header.index;
-            let neighbours: Vec<NeighbourMessage> = self
-                .handle
-                .neighbours()
-                .get()
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| nl_error("dump neighbours", e))?;
-            for m in &neighbours {
-                if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
-                    continue;
-                }
-                if let (Some(ip), Some(mac)) = (neighbour_ip(m), neighbour_mac(m)) {
-                    state.neighbours.push(Neighbour { dev: vxlan_name.to_string(), ip, mac });
-                }
+            // Neighbours (IP -> MAC) and FDB entries (MAC -> remote IP) are both neighbour
+            // messages; only the permanent ones on our device are ours.
+            for (ip, mac) in self.permanent_entries(index, None, "dump neighbours").await? {
+                state.neighbours.push(Neighbour { dev: vxlan_name.to_string(), ip, mac });
             }
-            let fdb: Vec<NeighbourMessage> = self
-                .handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Bridge)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| nl_error("dump fdb", e))?;
-            for m in &fdb {
-                if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
-                    continue;
-                }
-                if let (Some(dst), Some(mac)) = (neighbour_ip(m), neighbour_mac(m)) {
-                    state.fdb.push(FdbEntry { dev: vxlan_name.to_string(), mac, dst });
-                }
+            for (dst, mac) in self.permanent_entries(index, Some(AddressFamily::Bridge), "dump fdb").await? {
+                state.fdb.push(FdbEntry { dev: vxlan_name.to_string(), mac, dst });
             }
             state.neighbours.sort();
             state.fdb.sort();
