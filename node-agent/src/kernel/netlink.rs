@@ -419,14 +419,7 @@ impl NetlinkKernel {
         m.header.family = family(n.ip);
         m.header.ifindex = index;
         m.attributes.push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
-        gone_ok(
-            self.handle
-                .neighbours()
-                .del(m)
-                .execute()
-                .await
-                .map_err(|e| nl_error(format!("del neighbour {} dev {}", n.ip, n.dev), e)),
-        )
+        self.del_neighbour_message(m, format!("del neighbour {} dev {}", n.ip, n.dev)).await
     }
 
     async fn fdb(&self, f: &FdbEntry, add: bool) -> Result<(), KernelError> {
@@ -450,14 +443,12 @@ impl NetlinkKernel {
         m.header.flags = NeighbourFlags::Own;
         m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
         m.attributes.push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
-        gone_ok(
-            self.handle
-                .neighbours()
-                .del(m)
-                .execute()
-                .await
-                .map_err(|e| nl_error(format!("del fdb {} dev {} dst {}", f.mac, f.dev, f.dst), e)),
-        )
+        self.del_neighbour_message(m, format!("del fdb {} dev {} dst {}", f.mac, f.dev, f.dst)).await
+    }
+
+    /// Deletes a neighbour or FDB entry; one that is already gone counts as deleted.
+    async fn del_neighbour_message(&self, m: NeighbourMessage, op: String) -> Result<(), KernelError> {
+        gone_ok(self.handle.neighbours().del(m).execute().await.map_err(|e| nl_error(op, e)))
     }
 
     async fn route(&self, route: &Route, add: bool) -> Result<(), KernelError> {
