@@ -103,6 +103,8 @@ pub struct Context {
     pub client: Client,
     pub config: Config,
     pub recorder: Recorder,
+    /// Who publishes the Events (controller `trellis-operator`, instance = identity).
+    pub reporter: Reporter,
     pub metrics: Arc<metrics::Metrics>,
     pub leader: lease::Leadership,
 }
@@ -137,7 +139,8 @@ pub async fn run_with_client(
     health.set_ready(true);
     tracing::info!(%identity, namespace = %config.namespace, leader_election = config.leader_election(), "operator started");
 
-    let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGED_BY.into(), instance: Some(identity) });
+    let reporter = Reporter { controller: MANAGED_BY.into(), instance: Some(identity) };
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     loop {
         tokio::select! {
             _ = shutdown.clone() => break,
@@ -149,6 +152,7 @@ pub async fn run_with_client(
             client: client.clone(),
             config: config.clone(),
             recorder: recorder.clone(),
+            reporter: reporter.clone(),
             metrics: metrics.clone(),
             leader: leader.clone(),
         });

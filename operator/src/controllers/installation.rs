@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -83,7 +83,7 @@ async fn reconcile_installation(inst: Arc<Installation>, ctx: Arc<Context>) -> R
     // 1 + 2: validate, then the defaults (pure).
     let computed = defaults::installation(&inst.spec);
     if let Err(problem) = validate(&computed) {
-        publish(&ctx, &inst, EventType::Warning, "InvalidConfiguration", "Validate", problem.clone()).await;
+        publish_state(&ctx, &inst, EventType::Warning, "InvalidConfiguration", "Validate", problem.clone()).await;
         let status = InstallationStatus {
             observed_generation: generation,
             computed: previous.computed.clone(),
@@ -197,7 +197,7 @@ async fn sync_pools(
                     Ok(_) => {
                         let note = format!("created IPPool {name} ({}) from spec.network.ipPools", memory.cidr);
                         tracing::info!(pool = %name, cidr = %memory.cidr, "created IPPool");
-                        publish(ctx, inst, EventType::Normal, "PoolCreated", "CreatePool", note).await;
+                        publish_decision(ctx, inst, "PoolCreated", "CreatePool", note, pool_ref(&name)).await;
                     }
                     // Created by a concurrent pass: the next reconcile sees it.
                     Err(kube::Error::Api(s)) if s.is_already_exists() => {}
@@ -216,7 +216,7 @@ async fn sync_pools(
                     serde_json::Value::Object(spec_patch)
                 );
                 tracing::info!(pool = %name, fields = ?fields, "carried Installation change to IPPool");
-                publish(ctx, inst, EventType::Normal, "PoolChangeCarried", "CarryPoolChange", note).await;
+                publish_decision(ctx, inst, "PoolChangeCarried", "CarryPoolChange", note, pool_ref(&name)).await;
             }
             PoolStep::Unchanged { name, remember: Some(memory), resource_version } => {
                 let patch = pools::merge_patch(&Default::default(), &memory, resource_version.as_deref());
@@ -231,7 +231,8 @@ async fn sync_pools(
             }
             PoolStep::Immutable { name, field, message } => {
                 tracing::warn!(pool = %name, field, "{message}");
-                publish(ctx, inst, EventType::Warning, "PoolChangeRefused", "CarryPoolChange", message.clone()).await;
+                publish_state(ctx, inst, EventType::Warning, "PoolChangeRefused", "CarryPoolChange", message.clone())
+                    .await;
                 problems.push(message);
             }
         }
@@ -268,14 +269,14 @@ async fn apply_agent(ctx: &Context, inst: &Installation, objects: &AgentObjects)
     match before.as_ref().map(|ds| agent::template_hash(ds).unwrap_or_default().to_string()) {
         None => {
             let note = format!("created DaemonSet {ns}/{AGENT_NAME} (config {new_hash})");
-            publish(ctx, inst, EventType::Normal, "DaemonSetCreated", "ApplyDaemonSet", note).await;
+            publish_decision(ctx, inst, "DaemonSetCreated", "ApplyDaemonSet", note, applied.object_ref(&())).await;
         }
         Some(old) if old != new_hash => {
             let note = format!(
                 "the agent's pod template changed (config {old} -> {new_hash}): rolling DaemonSet {ns}/{AGENT_NAME}"
             );
             tracing::info!(%old, new = %new_hash, "rolling the agent DaemonSet");
-            publish(ctx, inst, EventType::Normal, "DaemonSetRolled", "ApplyDaemonSet", note).await;
+            publish_decision(ctx, inst, "DaemonSetRolled", "ApplyDaemonSet", note, applied.object_ref(&())).await;
         }
         Some(_) => {}
     }
@@ -389,11 +390,47 @@ async fn write_status(ctx: &Context, status: InstallationStatus) -> Result<()> {
     Ok(())
 }
 
-/// Publishes an Event on the Installation; a failure is logged, not fatal (Events are best effort).
-async fn publish(ctx: &Context, inst: &Installation, type_: EventType, reason: &str, action: &str, note: String) {
+/// Publishes an Event on the Installation for a state that may persist across reconciles
+/// (invalid configuration, a refused change): repeats become one Event with a growing count.
+/// A failure is logged, not fatal (Events are best effort).
+async fn publish_state(ctx: &Context, inst: &Installation, type_: EventType, reason: &str, action: &str, note: String) {
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &inst.object_ref(&())).await {
         tracing::warn!(reason, error = %e, "publishing an Event");
+    }
+}
+
+/// Publishes a decision the operator took (pool created, change carried, DaemonSet rolled) as an
+/// Event of its own naming the object it touched. The shared recorder would fold a second
+/// decision of the same reason into the first Event and keep the first note; each decision is
+/// news, so it gets a recorder without that memory.
+async fn publish_decision(
+    ctx: &Context,
+    inst: &Installation,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: ObjectReference,
+) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: Some(related),
+    };
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &inst.object_ref(&())).await {
+        tracing::warn!(reason, error = %e, "publishing an Event");
+    }
+}
+
+fn pool_ref(name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(IPPool::api_version(&()).into_owned()),
+        kind: Some(IPPool::kind(&()).into_owned()),
+        name: Some(name.to_string()),
+        ..Default::default()
     }
 }
 
