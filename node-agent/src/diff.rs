@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::desired::{DesiredState, FdbEntry, IPIP_DEVICE, Neighbour, Route, RouteKind, VxlanTunnel};
-use crate::kernel::{KernelState, VxlanDevice};
+use crate::kernel::{KernelState, StrayRoute, VxlanDevice};
 use crate::vtep::MacAddr;
 
 /// One kernel operation.
@@ -67,6 +67,8 @@ pub enum Change {
     /// A route to the same destination that changes (atomic replace).
     UpdateRoute(Route),
     DelRoute(Route),
+    /// A route stamped with our protocol in a shape we never install (always swept).
+    DelStrayRoute(StrayRoute),
 }
 
 impl Change {
@@ -86,7 +88,7 @@ impl Change {
             Change::DelFdb(_) => "fdb-",
             Change::AddRoute(_) => "route+",
             Change::UpdateRoute(_) => "route~",
-            Change::DelRoute(_) => "route-",
+            Change::DelRoute(_) | Change::DelStrayRoute(_) => "route-",
         }
     }
 
@@ -133,6 +135,20 @@ impl fmt::Display for Change {
             Change::DelFdb(e) => write!(f, "fdb del {} dev {} dst {} self", e.mac, e.dev, e.dst),
             Change::AddRoute(r) | Change::UpdateRoute(r) => write!(f, "route replace {}", RouteDisplay(r)),
             Change::DelRoute(r) => write!(f, "route del {}", RouteDisplay(r)),
+            Change::DelStrayRoute(r) => {
+                write!(f, "route del {} {}", r.type_name(), r.dst)?;
+                if let Some(src) = r.src {
+                    write!(f, " from {src}")?;
+                }
+                write!(f, " table {} proto 84", r.table)?;
+                if r.tos != 0 {
+                    write!(f, " tos {:#x}", r.tos)?;
+                }
+                if let Some(metric) = r.metric {
+                    write!(f, " metric {metric}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -329,6 +345,7 @@ pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
             route_removals.push(Change::DelRoute(have.clone()));
         }
     }
+    route_removals.extend(current.stray_routes.iter().cloned().map(Change::DelStrayRoute));
 
     let mut changes = devices;
     changes.extend(addresses);

@@ -657,3 +657,79 @@ fn renamed_vxlan_device_replaces_the_old_one_and_foreign_devices_survive() {
         ]
     );
 }
+
+/// Routes with proto 84 in every table, both families, as "dst type table".
+fn proto_84_everywhere(ns: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for family in ["-4", "-6"] {
+        for r in ns.ip_json(&[family, "route", "show", "table", "all", "proto", "84"]).as_array().unwrap() {
+            out.push(format!(
+                "{} {} {}",
+                r["dst"].as_str().unwrap(),
+                r["type"].as_str().unwrap_or("unicast"),
+                r["table"].as_str().unwrap_or("main")
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn stray_proto_84_routes_of_every_shape_and_table_are_swept() {
+    let ns = Netns::new("sweep");
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, TWO_PEERS)).await;
+    });
+    // Stamped as ours, in shapes the planner never produces.
+    let strays: &[&[&str]] = &[
+        &["route", "add", "10.50.0.0/24", "dev", "eth0", "proto", "84"],
+        &["route", "add", "unreachable", "10.51.0.0/24", "proto", "84"],
+        &["route", "add", "prohibit", "10.52.0.0/24", "proto", "84"],
+        &[
+            "route", "add", "10.53.0.0/24", "proto", "84", "nexthop", "via", "192.168.1.2", "dev", "eth0", "nexthop",
+            "via", "192.168.1.3", "dev", "eth0",
+        ],
+        &["route", "add", "10.54.0.0/24", "via", "192.168.1.2", "dev", "eth0", "table", "100", "proto", "84"],
+        &["route", "add", "blackhole", "10.55.0.0/24", "table", "1000", "proto", "84"],
+        // A second route to one of our destinations, with a metric.
+        &["route", "add", "10.244.2.0/26", "via", "192.168.1.2", "dev", "eth0", "proto", "84", "metric", "50"],
+        &["-6", "route", "add", "unreachable", "fd00:99::/64", "proto", "84"],
+        &["-6", "route", "add", "fd00:98::/64", "dev", "eth0", "table", "200", "proto", "84"],
+    ];
+    for args in strays {
+        ns.ip(args);
+    }
+    // Not ours: same shapes without our protocol.
+    ns.ip(&["route", "add", "unreachable", "10.60.0.0/24"]);
+    ns.ip(&["route", "add", "10.61.0.0/24", "via", "192.168.1.2", "dev", "eth0", "table", "100", "proto", "static"]);
+    ns.ip(&["-6", "route", "add", "unreachable", "fd00:97::/64", "proto", "static"]);
+    assert_eq!(proto_84_everywhere(&ns).len(), 3 + strays.len());
+
+    let d = desired(4096, TWO_PEERS);
+    let (changes, rest) = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let changes = converge(&kernel, &d).await;
+        (changes, diff(&kernel.read(VX).await.unwrap(), &d))
+    });
+    assert!(rest.is_empty(), "{rest:#?}");
+    assert_eq!(changes.len(), strays.len(), "{changes:#?}");
+    assert!(changes.iter().all(|c| c.kind() == "route-"), "{changes:#?}");
+    assert_eq!(
+        proto_84_everywhere(&ns),
+        vec!["10.244.1.0/26 blackhole main", "10.244.2.0/26 unicast main", "10.244.3.0/26 unicast main"]
+    );
+    assert_eq!(
+        ns.our_routes(),
+        vec![
+            "10.244.1.0/26|||false|blackhole",
+            "10.244.2.0/26|10.244.2.0|vxlan.trellis|true|unicast",
+            "10.244.3.0/26|10.244.3.0|vxlan.trellis|true|unicast",
+        ]
+    );
+    assert!(ns.ip(&["route", "show", "10.60.0.0/24"]).contains("unreachable"));
+    assert!(ns.ip(&["route", "show", "table", "100"]).contains("10.61.0.0/24 via 192.168.1.2"));
+    assert!(ns.ip(&["-6", "route", "show", "fd00:97::/64"]).contains("unreachable"));
+}

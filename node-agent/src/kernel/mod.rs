@@ -35,8 +35,15 @@ pub struct KernelState {
     pub ipip: Option<IpipDevice>,
     /// The VXLAN device with the name asked for, when it exists.
     pub vxlan: Option<VxlanDevice>,
-    /// Routes in table main with [`crate::desired::ROUTE_PROTOCOL`], by destination.
+    /// Routes in table main with [`crate::desired::ROUTE_PROTOCOL`] in a shape the planner
+    /// produces ([`Route`]), by destination.
     pub routes: BTreeMap<IpNet, Route>,
+    /// Every other route carrying [`crate::desired::ROUTE_PROTOCOL`], in any table: shapes Trellis
+    /// never installs (dev-only, unreachable/prohibit, multipath, a metric, TOS or source
+    /// prefix, another table, a second route to one destination). Stamped as ours, never
+    /// desired: always swept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stray_routes: Vec<StrayRoute>,
     /// Permanent neighbour entries on the VXLAN device (sorted).
     pub neighbours: Vec<Neighbour>,
     /// Permanent FDB entries with a remote on the VXLAN device (sorted).
@@ -49,6 +56,41 @@ pub struct KernelState {
 /// Interface alias (`ip link set DEV alias trellis`) marking the VXLAN device Trellis created,
 /// so a device left behind under an old name is recognised — also across restarts.
 pub const OWNER_ALIAS: &str = "trellis";
+
+/// A route carrying our protocol that the planner never produces, with what identifies it for
+/// deletion (`ip route del <type> <dst> [from <src>] table <table> proto 84 tos <tos> metric <metric>`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StrayRoute {
+    pub dst: IpNet,
+    /// Source prefix (IPv6 `from`), if any.
+    pub src: Option<IpNet>,
+    pub table: u32,
+    /// Route type as the kernel numbers it (`RTN_UNICAST` = 1, `RTN_UNREACHABLE` = 7, ...).
+    pub route_type: u8,
+    pub tos: u8,
+    /// `RTA_PRIORITY`, when the kernel reports one.
+    pub metric: Option<u32>,
+}
+
+impl StrayRoute {
+    /// The iproute2 word for the route type.
+    pub fn type_name(&self) -> String {
+        match self.route_type {
+            1 => "unicast".into(),
+            2 => "local".into(),
+            3 => "broadcast".into(),
+            4 => "anycast".into(),
+            5 => "multicast".into(),
+            6 => "blackhole".into(),
+            7 => "unreachable".into(),
+            8 => "prohibit".into(),
+            9 => "throw".into(),
+            10 => "nat".into(),
+            other => format!("type-{other}"),
+        }
+    }
+}
 
 /// `tunl0` as the kernel has it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -383,6 +425,7 @@ pub(crate) mod fake {
                 Change::DelRoute(r) => {
                     self.routes.remove(&r.dst);
                 }
+                Change::DelStrayRoute(r) => self.stray_routes.retain(|o| o != r),
             }
         }
     }
