@@ -689,8 +689,21 @@ fn stray_proto_84_routes_of_every_shape_and_table_are_swept() {
         &["route", "add", "unreachable", "10.51.0.0/24", "proto", "84"],
         &["route", "add", "prohibit", "10.52.0.0/24", "proto", "84"],
         &[
-            "route", "add", "10.53.0.0/24", "proto", "84", "nexthop", "via", "192.168.1.2", "dev", "eth0", "nexthop",
-            "via", "192.168.1.3", "dev", "eth0",
+            "route",
+            "add",
+            "10.53.0.0/24",
+            "proto",
+            "84",
+            "nexthop",
+            "via",
+            "192.168.1.2",
+            "dev",
+            "eth0",
+            "nexthop",
+            "via",
+            "192.168.1.3",
+            "dev",
+            "eth0",
         ],
         &["route", "add", "10.54.0.0/24", "via", "192.168.1.2", "dev", "eth0", "table", "100", "proto", "84"],
         &["route", "add", "blackhole", "10.55.0.0/24", "table", "1000", "proto", "84"],
@@ -732,4 +745,36 @@ fn stray_proto_84_routes_of_every_shape_and_table_are_swept() {
     assert!(ns.ip(&["route", "show", "10.60.0.0/24"]).contains("unreachable"));
     assert!(ns.ip(&["route", "show", "table", "100"]).contains("10.61.0.0/24 via 192.168.1.2"));
     assert!(ns.ip(&["-6", "route", "show", "fd00:97::/64"]).contains("unreachable"));
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn a_foreign_route_to_a_desired_destination_is_reported_not_taken_over() {
+    let ns = Netns::new("foreign");
+    // Somebody else's route to what will be peer 3's block, and to peer 2's (different metric).
+    ns.ip(&["route", "add", "10.244.3.0/26", "via", "192.168.1.254", "dev", "eth0", "proto", "static"]);
+    ns.ip(&["route", "add", "10.244.2.0/26", "via", "192.168.1.253", "dev", "eth0", "metric", "100"]);
+    let report = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        let mut source = Fixed(desired(4096, TWO_PEERS));
+        reconcile::pass(&kernel, &mut source, &NoHost).await.unwrap()
+    });
+    assert!(!report.ok());
+    let failed: Vec<String> = report.kernel.failed.iter().map(|f| format!("{}: {}", f.change, f.error)).collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(failed[0].starts_with("route replace 10.244.2.0/26") && failed[0].contains("proto boot"), "{failed:#?}");
+    assert!(failed[1].starts_with("route replace 10.244.3.0/26") && failed[1].contains("proto static"), "{failed:#?}");
+    assert!(failed.iter().all(|f| f.contains("does not take it over")), "{failed:#?}");
+    // The foreign routes are as they were; ours (the blackhole) went in.
+    assert_eq!(
+        ns.ip(&["route", "show", "10.244.3.0/26"]).trim(),
+        "10.244.3.0/26 via 192.168.1.254 dev eth0 proto static"
+    );
+    assert_eq!(
+        ns.ip(&["route", "show", "10.244.2.0/26"]).trim(),
+        "10.244.2.0/26 via 192.168.1.253 dev eth0 metric 100"
+    );
+    assert_eq!(ns.our_routes(), vec!["10.244.1.0/26|||false|blackhole"]);
+    // The peers whose only route was held back were rolled back: nothing half-added.
+    assert!(ns.neighbours().is_empty() && ns.fdb().is_empty(), "{:?} {:?}", ns.neighbours(), ns.fdb());
 }

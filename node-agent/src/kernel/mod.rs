@@ -44,6 +44,10 @@ pub struct KernelState {
     /// desired: always swept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stray_routes: Vec<StrayRoute>,
+    /// Destinations of routes in table main *without* our protocol, with that protocol's
+    /// name. Not ours: read only so that a desired route never replaces one of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub foreign_routes: BTreeMap<IpNet, String>,
     /// Permanent neighbour entries on the VXLAN device (sorted).
     pub neighbours: Vec<Neighbour>,
     /// Permanent FDB entries with a remote on the VXLAN device (sorted).
@@ -92,14 +96,30 @@ impl StrayRoute {
     }
 }
 
+/// Label (`ip addr add ... label tunl0:trellis`) marking the tunnel address Trellis put on
+/// `tunl0`. `tunl0` is shared with the kernel and possibly other tools, so only addresses
+/// carrying this label are ours; it survives agent restarts and iproute2 shows it.
+pub const IPIP_ADDRESS_LABEL: &str = "tunl0:trellis";
+
+/// The label Trellis gives its addresses on `dev`, if it labels them (only on the shared
+/// `tunl0`; the VXLAN device is Trellis' own, so everything on it is).
+pub fn address_label(dev: &str) -> Option<&'static str> {
+    (dev == crate::desired::IPIP_DEVICE).then_some(IPIP_ADDRESS_LABEL)
+}
+
 /// `tunl0` as the kernel has it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpipDevice {
     pub mtu: u32,
     pub up: bool,
-    /// Addresses except IPv6 link-local ones (the kernel adds those by itself).
+    /// Trellis adopted it ([`OWNER_ALIAS`]): only then does Trellis set it down again.
+    pub owned: bool,
+    /// Our addresses: those labelled [`IPIP_ADDRESS_LABEL`].
     pub addresses: Vec<IpNet>,
+    /// Everybody else's addresses (IPv6 link-local ones left out): never touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_addresses: Vec<IpNet>,
 }
 
 /// The VXLAN device as the kernel has it.
@@ -134,6 +154,12 @@ pub enum KernelError {
     Sysctl(#[from] sysctl::SysctlError),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A desired route whose destination already has a route in table main that is not ours.
+    #[error(
+        "a route to {dst} with proto {protocol} (not Trellis' proto 84) is in table main; Trellis does not take it \
+         over: remove it, or move the pool/block"
+    )]
+    ForeignRoute { dst: IpNet, protocol: String },
 }
 
 impl KernelError {
@@ -203,7 +229,18 @@ impl ApplyReport {
 /// refused leaves no half state behind: the neighbour and FDB entries this batch added for it
 /// are removed again, unless another route through the same gateway made it in.
 pub async fn apply<K: Kernel>(kernel: &K, changes: &[Change]) -> ApplyReport {
+    apply_refusing(kernel, changes, Vec::new()).await
+}
+
+/// [`apply`], with `refused`: changes that never reach the kernel (a route that would take over
+/// a foreign one, see [`crate::diff::RouteConflict`]). They are reported as failures and count
+/// as refused routes for the rollback of a half-added peer.
+pub async fn apply_refusing<K: Kernel>(kernel: &K, changes: &[Change], refused: Vec<ChangeFailure>) -> ApplyReport {
     let mut report = ApplyReport::default();
+    for failure in refused {
+        tracing::error!(change = %failure.change, error = %failure.error, "change refused before the kernel");
+        report.failed.push(failure);
+    }
     for change in changes {
         if change.is_disruptive() {
             tracing::warn!(%change, "disruptive change: traffic through this device stops until it is rebuilt");
@@ -380,7 +417,7 @@ pub(crate) mod fake {
                     self.routes.retain(|_, r| via(r).is_none_or(|(d, _)| d != name));
                 }
                 Change::EnsureTunl0 => {
-                    self.ipip.get_or_insert(IpipDevice { mtu: 1480, up: false, addresses: vec![] });
+                    self.ipip.get_or_insert(IpipDevice { mtu: 1480, ..Default::default() });
                 }
                 Change::SetLink { dev, mtu, mac, up } => {
                     if let Some(v) = self.vxlan.as_mut().filter(|v| v.name == *dev) {
@@ -390,6 +427,11 @@ pub(crate) mod fake {
                     } else if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
                         t.mtu = mtu.unwrap_or(t.mtu);
                         t.up = up.unwrap_or(t.up);
+                    }
+                }
+                Change::SetOwner { dev, owned } => {
+                    if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
+                        t.owned = *owned;
                     }
                 }
                 Change::AddAddress { dev, address } | Change::DelAddress { dev, address } => {

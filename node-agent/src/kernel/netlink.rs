@@ -26,7 +26,10 @@ use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, MulticastGroup};
 use tokio::sync::mpsc;
 
 use super::caps::{self, LinkProbe, ProbeOutcome, TunnelKind};
-use super::{IpipDevice, Kernel, KernelError, KernelState, OWNER_ALIAS, StrayRoute, VxlanDevice, sysctl};
+use super::{
+    IPIP_ADDRESS_LABEL, IpipDevice, Kernel, KernelError, KernelState, OWNER_ALIAS, StrayRoute, VxlanDevice,
+    address_label, sysctl,
+};
 use crate::desired::{Capabilities, FdbEntry, IPIP_DEVICE, Neighbour, ROUTE_PROTOCOL, Route, RouteKind, VxlanTunnel};
 use crate::diff::Change;
 use crate::vtep::MacAddr;
@@ -107,6 +110,11 @@ fn link_info(m: &LinkMessage) -> (Option<&InfoKind>, Option<&InfoData>) {
         })
     });
     (kind, data)
+}
+
+/// Whether the link carries Trellis' owner mark ([`OWNER_ALIAS`]).
+fn owner_marked(m: &LinkMessage) -> bool {
+    m.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(x) if x == OWNER_ALIAS))
 }
 
 fn is_up(m: &LinkMessage) -> bool {
@@ -263,7 +271,16 @@ fn decode_routes(
 ) -> Result<(), KernelError> {
     let messages = dump.map_err(|e| nl_error(format!("dump {family:?} routes"), e))?;
     for m in messages {
-        if m.header.address_family != family || u8::from(m.header.protocol) != ROUTE_PROTOCOL {
+        if m.header.address_family != family {
+            continue;
+        }
+        if u8::from(m.header.protocol) != ROUTE_PROTOCOL {
+            // Where our routes go: remembered so that none of ours replaces it.
+            if route_table(&m) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && let Some(dst) = route_prefix(&m, false)
+            {
+                state.foreign_routes.insert(dst, m.header.protocol.to_string());
+            }
             continue;
         }
         match parse_route(&m, names) {
@@ -409,11 +426,16 @@ impl NetlinkKernel {
         let message = builder.mtu(t.mtu).address(t.mac.0.to_vec()).up().build();
         self.handle.link().add(message).execute().await.map_err(|e| nl_error(format!("create vxlan {}", t.name), e))?;
         // The owner mark (an alias is not taken at creation by every kernel: set it after).
-        let index = self.index(&t.name).await?;
-        let mark = LinkUnspec::new_with_index(index)
-            .append_extra_attribute(LinkAttribute::IfAlias(OWNER_ALIAS.to_string()))
-            .build();
-        self.set_link(mark, &format!("set {} alias", t.name)).await
+        self.set_owner(&t.name, true).await
+    }
+
+    /// Sets or clears the owner mark (an empty alias removes it).
+    async fn set_owner(&self, dev: &str, owned: bool) -> Result<(), KernelError> {
+        let index = self.index(dev).await?;
+        let alias = if owned { OWNER_ALIAS } else { "" };
+        let mark =
+            LinkUnspec::new_with_index(index).append_extra_attribute(LinkAttribute::IfAlias(alias.to_string())).build();
+        self.set_link(mark, &format!("set {dev} alias {alias:?}")).await
     }
 
     async fn ensure_tunl0(&self) -> Result<(), KernelError> {
@@ -477,14 +499,13 @@ impl NetlinkKernel {
     async fn address(&self, dev: &str, address: IpNet, add: bool) -> Result<(), KernelError> {
         let index = self.index(dev).await?;
         if add {
-            return self
-                .handle
-                .address()
-                .add(index, address.addr(), address.prefix_len())
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| nl_error(format!("add address {address} dev {dev}"), e));
+            let mut request = self.handle.address().add(index, address.addr(), address.prefix_len()).replace();
+            if let Some(label) = address_label(dev)
+                && address.addr().is_ipv4()
+            {
+                request.message_mut().attributes.push(AddressAttribute::Label(label.to_string()));
+            }
+            return request.execute().await.map_err(|e| nl_error(format!("add address {address} dev {dev}"), e));
         }
         let mut m = AddressMessage::default();
         m.header.family = family(address.addr());
@@ -614,8 +635,9 @@ impl Kernel for NetlinkKernel {
 
         let addresses: Vec<AddressMessage> =
             self.handle.address().get().execute().try_collect().await.map_err(|e| nl_error("dump addresses", e))?;
-        let addresses_of = |index: u32| -> Vec<IpNet> {
-            let mut out: Vec<IpNet> = addresses
+        // (address, label) of a link, IPv6 link-local ones left out (the kernel adds those).
+        let addresses_of = |index: u32| -> Vec<(IpNet, Option<String>)> {
+            let mut out: Vec<(IpNet, Option<String>)> = addresses
                 .iter()
                 .filter(|a| a.header.index == index)
                 .filter_map(|a| {
@@ -629,32 +651,45 @@ impl Kernel for NetlinkKernel {
                             _ => None,
                         })
                     })?;
-                    // The kernel adds IPv6 link-local addresses by itself; they are not ours.
                     if let IpAddr::V6(v6) = ip
                         && v6.is_unicast_link_local()
                     {
                         return None;
                     }
-                    IpNet::new(ip, a.header.prefix_len).ok()
+                    let label = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Label(l) => Some(l.clone()),
+                        _ => None,
+                    });
+                    Some((IpNet::new(ip, a.header.prefix_len).ok()?, label))
                 })
                 .collect();
             out.sort();
             out
         };
+        let nets = |list: Vec<(IpNet, Option<String>)>| list.into_iter().map(|(net, _)| net).collect::<Vec<_>>();
 
         let stale_vxlan = links
             .iter()
             .filter(|l| link_name(l).is_some_and(|n| n != vxlan_name))
             .filter(|l| link_info(l).0 == Some(&InfoKind::Vxlan))
-            .filter(|l| l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(x) if x == OWNER_ALIAS)))
+            .filter(|l| owner_marked(l))
             .filter_map(|l| link_name(l).map(str::to_string))
             .collect();
         let mut state = KernelState {
             stale_vxlan,
             ipip: tunl0.and_then(|l| {
-                Some(IpipDevice { mtu: link_mtu(l)?, up: is_up(l), addresses: addresses_of(l.header.index) })
+                let (ours, foreign): (Vec<_>, Vec<_>) = addresses_of(l.header.index)
+                    .into_iter()
+                    .partition(|(_, label)| label.as_deref() == Some(IPIP_ADDRESS_LABEL));
+                Some(IpipDevice {
+                    mtu: link_mtu(l)?,
+                    up: is_up(l),
+                    owned: owner_marked(l),
+                    addresses: nets(ours),
+                    foreign_addresses: nets(foreign),
+                })
             }),
-            vxlan: vxlan.and_then(|l| vxlan_device(l, &names, addresses_of(l.header.index))),
+            vxlan: vxlan.and_then(|l| vxlan_device(l, &names, nets(addresses_of(l.header.index)))),
             ..Default::default()
         };
 
@@ -698,6 +733,7 @@ impl Kernel for NetlinkKernel {
                 None => Ok(()),
             },
             Change::EnsureTunl0 => self.ensure_tunl0().await,
+            Change::SetOwner { dev, owned } => self.set_owner(dev, *owned).await,
             Change::SetLink { dev, mtu, mac, up } => self.set_link_attrs(dev, *mtu, *mac, *up).await,
             Change::AddAddress { dev, address } => self.address(dev, *address, true).await,
             Change::DelAddress { dev, address } => self.address(dev, *address, false).await,

@@ -93,11 +93,8 @@ fn every_other_shape_with_our_protocol_is_a_stray_route() {
         ],
     );
     assert!(state.routes.is_empty(), "{:#?}", state.routes);
-    let strays: Vec<(String, u32, String, Option<u32>, u8)> = state
-        .stray_routes
-        .iter()
-        .map(|r| (r.dst.to_string(), r.table, r.type_name(), r.metric, r.tos))
-        .collect();
+    let strays: Vec<(String, u32, String, Option<u32>, u8)> =
+        state.stray_routes.iter().map(|r| (r.dst.to_string(), r.table, r.type_name(), r.metric, r.tos)).collect();
     assert_eq!(
         strays,
         vec![
