@@ -555,7 +555,8 @@ fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
     let link = &ns.ip_json(&["link", "show", IPIP_DEVICE])[0];
     assert_eq!(link["mtu"], 1480);
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
-    assert!(ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("inet 10.244.1.0/32"));
+    assert!(ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("inet 10.244.1.0/32 scope global tunl0:trellis"));
+    assert_eq!(link["ifalias"], "trellis", "adopted tunl0 carries the owner mark");
     assert_eq!(
         ns.our_routes(),
         vec!["10.244.1.0/26|||false|blackhole", "10.244.2.0/26|192.168.1.2|tunl0|true|unicast"]
@@ -777,4 +778,57 @@ fn a_foreign_route_to_a_desired_destination_is_reported_not_taken_over() {
     assert_eq!(ns.our_routes(), vec!["10.244.1.0/26|||false|blackhole"]);
     // The peers whose only route was held back were rolled back: nothing half-added.
     assert!(ns.neighbours().is_empty() && ns.fdb().is_empty(), "{:?} {:?}", ns.neighbours(), ns.fdb());
+}
+
+/// Needs a kernel with ipip (`make test-vm` runs it in the full-kernel VM).
+#[test]
+#[ignore = "vm: needs the ipip module (full-kernel VM)"]
+fn vm_foreign_tunl0_state_and_addresses_are_left_alone() {
+    use trellis_agent::desired::{IPIP_DEVICE, IpipTunnel};
+    let ns = Netns::new("tunl0own");
+    // Loading the module gives every namespace its tunl0.
+    sh("modprobe", &["ipip"]);
+    // Somebody else uses tunl0: up, with their address.
+    ns.ip(&["addr", "add", "10.99.0.1/32", "dev", IPIP_DEVICE]);
+    ns.ip(&["link", "set", IPIP_DEVICE, "up"]);
+    let tunl0_up = |ns: &Netns| {
+        ns.ip_json(&["link", "show", IPIP_DEVICE])[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP")
+    };
+    let addresses = |ns: &Netns| ns.ip(&["-4", "addr", "show", "dev", IPIP_DEVICE]);
+
+    // No IPIP pool: nothing on tunl0 is touched.
+    let changes = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &DesiredState::default()).await
+    });
+    assert!(changes.is_empty(), "{changes:#?}");
+    assert!(tunl0_up(&ns));
+    assert!(addresses(&ns).contains("inet 10.99.0.1/32"), "{}", addresses(&ns));
+
+    // An IPIP pool: adopted (marked), our labelled address next to theirs.
+    let d = DesiredState {
+        mtu: 1480,
+        ipip: Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.0".parse().unwrap()) }),
+        ..Default::default()
+    };
+    ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &d).await;
+    });
+    assert_eq!(ns.ip_json(&["link", "show", IPIP_DEVICE])[0]["ifalias"], "trellis");
+    let both = addresses(&ns);
+    assert!(
+        both.contains("inet 10.99.0.1/32") && both.contains("inet 10.244.1.0/32 scope global tunl0:trellis"),
+        "{both}"
+    );
+
+    // The pool goes: exactly our address and our mark go, and the adopted device is set down.
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &DesiredState::default()).await;
+    });
+    let after = addresses(&ns);
+    assert!(after.contains("inet 10.99.0.1/32") && !after.contains("10.244.1.0"), "{after}");
+    assert!(!tunl0_up(&ns));
+    assert!(ns.ip_json(&["link", "show", IPIP_DEVICE])[0].get("ifalias").is_none());
 }
