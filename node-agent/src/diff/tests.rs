@@ -299,8 +299,10 @@ fn a_foreign_tunl0_and_its_addresses_are_left_alone_without_ipip_pools() {
 
 #[test]
 fn adopting_tunl0_marks_it_and_keeps_foreign_addresses() {
-    let mut d = DesiredState::default();
-    d.ipip = Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.64".parse().unwrap()) });
+    let mut d = DesiredState {
+        ipip: Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.64".parse().unwrap()) }),
+        ..Default::default()
+    };
     let changes = diff(&foreign_tunl0(), &d);
     assert_eq!(
         changes,
