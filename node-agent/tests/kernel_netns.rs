@@ -386,6 +386,52 @@ fn refused_route_rolls_back_the_new_peers_neighbour_and_fdb() {
 
 #[test]
 #[ignore = "root: netlink in network namespaces"]
+fn rollback_keeps_the_neighbour_and_fdb_an_existing_route_still_uses() {
+    let ns = Netns::new("rollback-keep");
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, TWO_PEERS)).await;
+    });
+    // Peer 2's neighbour and FDB entry vanish (drift); its block route stays.
+    ns.ip(&["neigh", "del", "10.244.2.0", "dev", VX]);
+    sh(
+        "ip",
+        &["netns", "exec", &ns.name, "bridge", "fdb", "del", "02:00:00:00:00:02", "dev", VX, "dst", "192.168.1.2"],
+    );
+    let report = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        // Peer 2 gets a second block whose route the kernel refuses (not onlink, gateway on no
+        // subnet); the pass restores its neighbour and FDB entry for the first block too.
+        let mut d = desired(4096, TWO_PEERS);
+        let dst: IpNet = "10.244.2.64/26".parse().unwrap();
+        d.routes.insert(
+            dst,
+            Route {
+                dst,
+                kind: RouteKind::Unicast { gateway: "10.244.2.0".parse().unwrap(), dev: VX.into(), onlink: false },
+            },
+        );
+        let changes = diff(&kernel.read(VX).await.unwrap(), &d);
+        let kinds: Vec<&str> = changes.iter().map(Change::kind).collect();
+        assert_eq!(kinds, ["neighbour+", "fdb+", "route+"], "{changes:#?}");
+        apply(&kernel, &changes).await
+    });
+    assert_eq!(report.failed.len(), 1, "{:#?}", report.failed);
+    assert!(report.rolled_back.is_empty(), "{:#?}", report.rolled_back);
+    // The existing route to peer 2 still has what it needs.
+    assert_eq!(
+        ns.neighbours(),
+        vec![("10.244.2.0".into(), "02:00:00:00:00:02".into()), ("10.244.3.0".into(), "02:00:00:00:00:03".into())]
+    );
+    assert_eq!(
+        ns.fdb(),
+        vec![("02:00:00:00:00:02".into(), "192.168.1.2".into()), ("02:00:00:00:00:03".into(), "192.168.1.3".into())]
+    );
+    assert!(ns.our_routes().contains(&"10.244.2.0/26|10.244.2.0|vxlan.trellis|true|unicast".to_string()));
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
 fn capabilities_match_what_the_kernel_can_create() {
     let ns = Netns::new("caps");
     // Independent check: can iproute2 create an ipip device here? ("File exists" = the fallback
