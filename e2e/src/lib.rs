@@ -15,6 +15,7 @@ pub mod error;
 pub mod forward;
 pub mod kapi;
 pub mod netns;
+pub mod operator;
 pub mod pod;
 pub mod probe;
 pub mod topology;
