@@ -550,13 +550,17 @@ async fn leader_failover_between_two_operator_processes() -> Result<()> {
     let pool = |encapsulation: &str| json!({"network": {"ipPools": [{"cidr": "10.102.0.0/16", "encapsulation": encapsulation}]}});
     bed.apply_installation(pool("IPIP"))?;
 
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("[{:>6.1?}] {what}", t0.elapsed());
     let mut a = bed.operator("replica-a", &lease_args)?;
+    step("replica-a started");
     wait_for("replica-a to hold the Lease", WAIT, || async {
         let h = holder().await?;
         if h == "replica-a" { Ok(()) } else { Err(h) }
     })
     .await?;
     bed.reconciled().await?;
+    step("replica-a leads and reconciled");
     let b = bed.operator("replica-b", &lease_args)?;
     wait_for("replica-b to be ready (joined, standing by)", WAIT, || async {
         match b.http_get("/readyz") {
@@ -565,6 +569,7 @@ async fn leader_failover_between_two_operator_processes() -> Result<()> {
         }
     })
     .await?;
+    step("replica-b ready");
     // Two renewals later replica-a still leads and replica-b only stands by.
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS)).await;
     assert_eq!(holder().await.map_err(anyhow::Error::msg)?, "replica-a");
@@ -583,6 +588,7 @@ async fn leader_failover_between_two_operator_processes() -> Result<()> {
     .await?;
     eprintln!("replica-b took over {:?} after replica-a was killed (lease {LEASE_SECONDS}s)", killed.elapsed());
 
+    step("replica-b took over");
     // And it does the work: an Installation change reaches the pool.
     bed.apply_installation(pool("VXLAN"))?;
     let api = bed.pools();
@@ -594,7 +600,9 @@ async fn leader_failover_between_two_operator_processes() -> Result<()> {
     let (_, m) = b.http_get("/metrics")?;
     ensure!(m.contains("trellis_operator_leader 1"), "{m}");
 
-    // A graceful stop hands over at once: the Lease is released, not left to expire.
+    step("replica-b carried the change");
+    // A graceful stop releases the Lease (no stale lock to break); the standby takes it at its
+    // next check, within one lease duration.
     let c = bed.operator("replica-c", &lease_args)?;
     wait_for("replica-c to be ready", WAIT, || async {
         match c.http_get("/readyz") {
@@ -603,6 +611,7 @@ async fn leader_failover_between_two_operator_processes() -> Result<()> {
         }
     })
     .await?;
+    step("replica-c ready");
     let mut b = b;
     ensure!(b.terminate(Duration::from_secs(10)), "replica-b did not stop on SIGTERM:\n{}", b.log());
     ensure!(b.log().contains("released the Lease"), "replica-b did not release:\n{}", b.log());
@@ -611,6 +620,7 @@ async fn leader_failover_between_two_operator_processes() -> Result<()> {
         if h == "replica-c" { Ok(()) } else { Err(h) }
     })
     .await?;
+    step("replica-c took the released Lease");
     drop(c);
     Ok(())
 }
