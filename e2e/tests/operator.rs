@@ -710,3 +710,44 @@ async fn effective_mtu_is_the_installation_value_else_the_smallest_node_mtu() ->
     drop(guards);
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "root: needs the test bed's API server (make test-root)"]
+async fn tigera_installation_manifest_creates_its_pool() -> Result<()> {
+    let _one = SINGLETON.lock().await;
+    let bed = Bed::new().await?;
+    // The lab notes' Installation, only the apiVersion changed (docs/manifests/).
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/manifests/installation-tigera.yaml");
+    bed.kubectl(&["apply", "-f", manifest.to_str().context("path")?])?;
+    let _op = bed.operator("op-a", &["--no-leader-election"])?;
+    let p = bed.pool("default-ipv4-ippool").await?;
+    assert_fields(
+        &p,
+        json!({"cidr": "10.244.0.0/16", "blockSize": 24, "ipipMode": "CrossSubnet", "vxlanMode": "Never",
+               "natOutgoing": true, "nodeSelector": "all()"}),
+    );
+    let inst = bed.reconciled().await?;
+    let status = inst.status.as_ref().context("no status")?;
+    assert_eq!(status.mtu, Some(1440));
+    let computed = serde_json::to_value(status.computed.as_ref().context("no computed")?)?;
+    assert_eq!(computed["network"]["nodeAddressAutodetection"], json!({"interface": "eth1"}), "{computed}");
+    ensure!(computed.get("calicoNetwork").is_none(), "computed keeps the Tigera spelling: {computed}");
+    assert_eq!(condition(&inst, "IgnoredSettings").map(|c| c.status.as_str()), Some("False"));
+
+    // A setting Trellis accepts but does not use is said, not silently dropped.
+    bed.kubectl(&[
+        "patch",
+        "installation",
+        "default",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"calicoNetwork":{"nodeAddressAutodetectionV6":{"firstFound":true}}}}"#,
+    ])?;
+    let inst = bed.reconciled().await?;
+    let ignored = condition(&inst, "IgnoredSettings").context("no IgnoredSettings")?;
+    assert_eq!(ignored.status, "True");
+    ensure!(ignored.message.contains("nodeAddressAutodetectionV6"), "{ignored:?}");
+    bed.wait_event("SettingsIgnored", "nodeAddressAutodetectionV6").await?;
+    Ok(())
+}
