@@ -10,7 +10,7 @@ use trellis_api::{IPAMBlock, IPPool};
 
 use crate::ipam;
 use crate::ippool::{PoolAge, older_overlapping};
-use crate::selector_shim::Selector;
+use trellis_api::selector::Selector;
 
 /// Node name -> labels.
 pub type NodeLabels = BTreeMap<String, BTreeMap<String, String>>;

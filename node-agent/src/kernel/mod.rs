@@ -35,8 +35,19 @@ pub struct KernelState {
     pub ipip: Option<IpipDevice>,
     /// The VXLAN device with the name asked for, when it exists.
     pub vxlan: Option<VxlanDevice>,
-    /// Routes in table main with [`crate::desired::ROUTE_PROTOCOL`], by destination.
+    /// Routes in table main with [`crate::desired::ROUTE_PROTOCOL`] in a shape the planner
+    /// produces ([`Route`]), by destination.
     pub routes: BTreeMap<IpNet, Route>,
+    /// Every other route carrying [`crate::desired::ROUTE_PROTOCOL`], in any table: shapes Trellis
+    /// never installs (dev-only, unreachable/prohibit, multipath, a metric, TOS or source
+    /// prefix, another table, a second route to one destination). Stamped as ours, never
+    /// desired: always swept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stray_routes: Vec<StrayRoute>,
+    /// Destinations of routes in table main *without* our protocol, with that protocol's
+    /// name. Not ours: read only so that a desired route never replaces one of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub foreign_routes: BTreeMap<IpNet, String>,
     /// Permanent neighbour entries on the VXLAN device (sorted).
     pub neighbours: Vec<Neighbour>,
     /// Permanent FDB entries with a remote on the VXLAN device (sorted).
@@ -50,14 +61,65 @@ pub struct KernelState {
 /// so a device left behind under an old name is recognised — also across restarts.
 pub const OWNER_ALIAS: &str = "trellis";
 
+/// A route carrying our protocol that the planner never produces, with what identifies it for
+/// deletion (`ip route del <type> <dst> [from <src>] table <table> proto 84 tos <tos> metric <metric>`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StrayRoute {
+    pub dst: IpNet,
+    /// Source prefix (IPv6 `from`), if any.
+    pub src: Option<IpNet>,
+    pub table: u32,
+    /// Route type as the kernel numbers it (`RTN_UNICAST` = 1, `RTN_UNREACHABLE` = 7, ...).
+    pub route_type: u8,
+    pub tos: u8,
+    /// `RTA_PRIORITY`, when the kernel reports one.
+    pub metric: Option<u32>,
+}
+
+impl StrayRoute {
+    /// The iproute2 word for the route type.
+    pub fn type_name(&self) -> String {
+        match self.route_type {
+            1 => "unicast".into(),
+            2 => "local".into(),
+            3 => "broadcast".into(),
+            4 => "anycast".into(),
+            5 => "multicast".into(),
+            6 => "blackhole".into(),
+            7 => "unreachable".into(),
+            8 => "prohibit".into(),
+            9 => "throw".into(),
+            10 => "nat".into(),
+            other => format!("type-{other}"),
+        }
+    }
+}
+
+/// Label (`ip addr add ... label tunl0:trellis`) marking the tunnel address Trellis put on
+/// `tunl0`. `tunl0` is shared with the kernel and possibly other tools, so only addresses
+/// carrying this label are ours; it survives agent restarts and iproute2 shows it.
+pub const IPIP_ADDRESS_LABEL: &str = "tunl0:trellis";
+
+/// The label Trellis gives its addresses on `dev`, if it labels them (only on the shared
+/// `tunl0`; the VXLAN device is Trellis' own, so everything on it is).
+pub fn address_label(dev: &str) -> Option<&'static str> {
+    (dev == crate::desired::IPIP_DEVICE).then_some(IPIP_ADDRESS_LABEL)
+}
+
 /// `tunl0` as the kernel has it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpipDevice {
     pub mtu: u32,
     pub up: bool,
-    /// Addresses except IPv6 link-local ones (the kernel adds those by itself).
+    /// Trellis adopted it ([`OWNER_ALIAS`]): only then does Trellis set it down again.
+    pub owned: bool,
+    /// Our addresses: those labelled [`IPIP_ADDRESS_LABEL`].
     pub addresses: Vec<IpNet>,
+    /// Everybody else's addresses (IPv6 link-local ones left out): never touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_addresses: Vec<IpNet>,
 }
 
 /// The VXLAN device as the kernel has it.
@@ -92,6 +154,12 @@ pub enum KernelError {
     Sysctl(#[from] sysctl::SysctlError),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A desired route whose destination already has a route in table main that is not ours.
+    #[error(
+        "a route to {dst} with proto {protocol} (not Trellis' proto 84) is in table main; Trellis does not take it \
+         over: remove it, or move the pool/block"
+    )]
+    ForeignRoute { dst: IpNet, protocol: String },
 }
 
 impl KernelError {
@@ -159,9 +227,21 @@ impl ApplyReport {
 /// Applies `changes` in order. A failure does not stop the batch (independent changes still
 /// converge; dependent ones fail on their own and are reported). A *new* peer whose route was
 /// refused leaves no half state behind: the neighbour and FDB entries this batch added for it
-/// are removed again, unless another route through the same gateway made it in.
+/// are removed again — unless a route in the kernel (added now or before) still goes through
+/// that neighbour, or another neighbour still resolves to that FDB entry's MAC.
 pub async fn apply<K: Kernel>(kernel: &K, changes: &[Change]) -> ApplyReport {
+    apply_refusing(kernel, changes, Vec::new()).await
+}
+
+/// [`apply`], with `refused`: changes that never reach the kernel (a route that would take over
+/// a foreign one, see [`crate::diff::RouteConflict`]). They are reported as failures and count
+/// as refused routes for the rollback of a half-added peer.
+pub async fn apply_refusing<K: Kernel>(kernel: &K, changes: &[Change], refused: Vec<ChangeFailure>) -> ApplyReport {
     let mut report = ApplyReport::default();
+    for failure in refused {
+        tracing::error!(change = %failure.change, error = %failure.error, "change refused before the kernel");
+        report.failed.push(failure);
+    }
     for change in changes {
         if change.is_disruptive() {
             tracing::warn!(%change, "disruptive change: traffic through this device stops until it is rebuilt");
@@ -190,7 +270,7 @@ fn via(route: &Route) -> Option<(&str, IpAddr)> {
 }
 
 async fn rollback_half_added_peers<K: Kernel>(kernel: &K, report: &mut ApplyReport) {
-    let failed_gateways: BTreeSet<(String, IpAddr)> = report
+    let refused: BTreeSet<(String, IpAddr)> = report
         .failed
         .iter()
         .filter_map(|f| match &f.change {
@@ -198,34 +278,36 @@ async fn rollback_half_added_peers<K: Kernel>(kernel: &K, report: &mut ApplyRepo
             _ => None,
         })
         .collect();
-    if failed_gateways.is_empty() {
-        return;
-    }
-    let working_gateways: BTreeSet<(String, IpAddr)> = report
+    // Neighbours this batch added for a gateway whose new route was refused.
+    let added: Vec<Neighbour> = report
         .applied
         .iter()
         .filter_map(|c| match c {
-            Change::AddRoute(route) | Change::UpdateRoute(route) => via(route).map(|(d, g)| (d.to_string(), g)),
+            Change::AddNeighbour(n) if refused.contains(&(n.dev.clone(), n.ip)) => Some(n.clone()),
             _ => None,
         })
         .collect();
+    let devices: BTreeSet<&str> = added.iter().map(|n| n.dev.as_str()).collect();
     let mut undo = Vec::new();
-    for (dev, gateway) in failed_gateways.difference(&working_gateways) {
-        let added_neighbour: Option<&Neighbour> = report.applied.iter().find_map(|c| match c {
-            Change::AddNeighbour(n) if n.dev == *dev && n.ip == *gateway => Some(n),
-            _ => None,
-        });
-        let Some(neighbour) = added_neighbour else { continue };
-        undo.push(Change::DelNeighbour(neighbour.clone()));
-        let mac: MacAddr = neighbour.mac;
-        for c in &report.applied {
-            if let Change::AddFdb(fdb) = c
-                && fdb.dev == *dev
-                && fdb.mac == mac
-            {
-                undo.push(Change::DelFdb(fdb.clone()));
+    for dev in devices {
+        // What still needs them is in the kernel now (routes from before this batch included).
+        let after = match kernel.read(dev).await {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::error!(dev, %error, "cannot read the kernel back; half-added peers stay until the next pass");
+                continue;
             }
-        }
+        };
+        let fdb: Vec<FdbEntry> = report
+            .applied
+            .iter()
+            .filter_map(|c| match c {
+                Change::AddFdb(f) if f.dev == dev => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        let neighbours: Vec<Neighbour> = added.iter().filter(|n| n.dev == dev).cloned().collect();
+        undo.extend(rollback_plan(&after, &neighbours, &fdb));
     }
     for change in undo {
         match kernel.apply_one(&change).await {
@@ -239,6 +321,29 @@ async fn rollback_half_added_peers<K: Kernel>(kernel: &K, report: &mut ApplyRepo
             }
         }
     }
+}
+
+/// What to remove again after a batch (pure): of the `neighbours` and `fdb` entries the batch
+/// added, a neighbour that no route in `after` (the kernel once the batch ran) goes through,
+/// and an FDB entry whose MAC no remaining neighbour on its device resolves to. Everything a
+/// working route still needs stays — also routes that existed before the batch.
+pub fn rollback_plan(after: &KernelState, neighbours: &[Neighbour], fdb: &[FdbEntry]) -> Vec<Change> {
+    let used: BTreeSet<(&str, IpAddr)> = after.routes.values().filter_map(via).collect();
+    let unused: Vec<&Neighbour> = neighbours.iter().filter(|n| !used.contains(&(n.dev.as_str(), n.ip))).collect();
+    let kept_macs: BTreeSet<(&str, MacAddr)> = after
+        .neighbours
+        .iter()
+        .filter(|n| !unused.iter().any(|u| u.dev == n.dev && u.ip == n.ip))
+        .map(|n| (n.dev.as_str(), n.mac))
+        .collect();
+    let mut undo: Vec<Change> = unused.iter().map(|n| Change::DelNeighbour((*n).clone())).collect();
+    for entry in fdb {
+        let orphaned = unused.iter().any(|n| n.dev == entry.dev && n.mac == entry.mac);
+        if orphaned && !kept_macs.contains(&(entry.dev.as_str(), entry.mac)) {
+            undo.push(Change::DelFdb(entry.clone()));
+        }
+    }
+    undo
 }
 
 /// A kernel that records changes and can be told to refuse some: for unit tests of the
@@ -338,7 +443,7 @@ pub(crate) mod fake {
                     self.routes.retain(|_, r| via(r).is_none_or(|(d, _)| d != name));
                 }
                 Change::EnsureTunl0 => {
-                    self.ipip.get_or_insert(IpipDevice { mtu: 1480, up: false, addresses: vec![] });
+                    self.ipip.get_or_insert(IpipDevice { mtu: 1480, ..Default::default() });
                 }
                 Change::SetLink { dev, mtu, mac, up } => {
                     if let Some(v) = self.vxlan.as_mut().filter(|v| v.name == *dev) {
@@ -348,6 +453,11 @@ pub(crate) mod fake {
                     } else if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
                         t.mtu = mtu.unwrap_or(t.mtu);
                         t.up = up.unwrap_or(t.up);
+                    }
+                }
+                Change::SetOwner { dev, owned } => {
+                    if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
+                        t.owned = *owned;
                     }
                 }
                 Change::AddAddress { dev, address } | Change::DelAddress { dev, address } => {
@@ -383,6 +493,7 @@ pub(crate) mod fake {
                 Change::DelRoute(r) => {
                     self.routes.remove(&r.dst);
                 }
+                Change::DelStrayRoute(r) => self.stray_routes.retain(|o| o != r),
             }
         }
     }
@@ -458,6 +569,28 @@ mod tests {
         assert_eq!(report.failed.len(), 2);
         assert!(report.rolled_back.is_empty(), "{:?}", report.rolled_back);
         assert_eq!(kernel.state.borrow().neighbours.len(), 2);
+    }
+
+    #[test]
+    fn rollback_keeps_what_an_existing_route_or_neighbour_still_needs() {
+        let peer2 = neighbour("10.244.2.0", "02:00:00:00:00:02");
+        let peer2_fdb = fdb("02:00:00:00:00:02", "192.168.1.2");
+        // Peer 2's first block was routed before the batch; peer 4's MAC is also peer 5's.
+        let mut after = KernelState::default();
+        after.routes.insert("10.244.2.0/26".parse().unwrap(), route("10.244.2.0/26", "10.244.2.0"));
+        let peer4 = neighbour("10.244.4.0", "02:00:00:00:00:44");
+        let peer5 = neighbour("10.244.5.0", "02:00:00:00:00:44");
+        let shared_fdb = fdb("02:00:00:00:00:44", "192.168.1.4");
+        after.neighbours = vec![peer2.clone(), peer4.clone(), peer5];
+        let undo = rollback_plan(&after, &[peer2, peer4.clone()], &[peer2_fdb, shared_fdb]);
+        assert_eq!(undo, vec![Change::DelNeighbour(peer4)]);
+
+        // Nothing else needs peer 6: neighbour and FDB go.
+        let peer6 = neighbour("10.244.6.0", "02:00:00:00:00:06");
+        let peer6_fdb = fdb("02:00:00:00:00:06", "192.168.1.6");
+        after.neighbours.push(peer6.clone());
+        let undo = rollback_plan(&after, std::slice::from_ref(&peer6), std::slice::from_ref(&peer6_fdb));
+        assert_eq!(undo, vec![Change::DelNeighbour(peer6), Change::DelFdb(peer6_fdb)]);
     }
 
     #[test]

@@ -76,9 +76,12 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
     // caches stay current while a pass awaits the API server.
     let wc = watcher::Config::default;
     let events = futures::stream::select_all([
-        reflector::reflector(nodes_w, watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc()).default_backoff())
-            .map_ok(|_| ())
-            .boxed(),
+        reflector::reflector(
+            nodes_w,
+            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc()).default_backoff(),
+        )
+        .map_ok(|_| ())
+        .boxed(),
         reflector::reflector(pools_w, watcher(Api::<IPPool>::all(client.clone()), wc()).default_backoff())
             .map_ok(|_| ())
             .boxed(),
@@ -88,7 +91,10 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
         )
         .map_ok(|_| ())
         .boxed(),
-        watcher(Api::<PartialObjectMeta<IPAMBlock>>::all(client.clone()), wc()).default_backoff().map_ok(|_| ()).boxed(),
+        watcher(Api::<PartialObjectMeta<IPAMBlock>>::all(client.clone()), wc())
+            .default_backoff()
+            .map_ok(|_| ())
+            .boxed(),
     ]);
     let notify = changed.clone();
     let watch_task = tokio::spawn(events.for_each(move |event| {
@@ -168,7 +174,8 @@ async fn pass(ctx: &Context, caches: &Caches) -> Result<Outcome> {
 
     let blocks = blocks_api.list(&ListParams::default()).await.map_err(|e| Error::kube("listing IPAMBlocks", e))?.items;
     let node_metas = caches.nodes.state();
-    let nodes: NodeLabels = node_metas.iter().map(|n| (n.name_any(), n.labels().clone().into_iter().collect())).collect();
+    let nodes: NodeLabels =
+        node_metas.iter().map(|n| (n.name_any(), n.labels().clone().into_iter().collect())).collect();
     let uids: BTreeMap<String, String> =
         node_metas.iter().filter_map(|n| Some((n.name_any(), n.metadata.uid.clone()?))).collect();
     let mut views = Vec::new();
@@ -311,7 +318,8 @@ impl Gone {
         if let Some(gone) = self.nodes.get(name) {
             return Ok(*gone);
         }
-        let gone = api.get_metadata_opt(name).await.map_err(|e| Error::kube(format!("reading Node {name}"), e))?.is_none();
+        let gone =
+            api.get_metadata_opt(name).await.map_err(|e| Error::kube(format!("reading Node {name}"), e))?.is_none();
         self.nodes.insert(name.to_string(), gone);
         Ok(gone)
     }
@@ -320,7 +328,8 @@ impl Gone {
         if let Some(gone) = self.pools.get(name) {
             return Ok(*gone);
         }
-        let gone = api.get_metadata_opt(name).await.map_err(|e| Error::kube(format!("reading IPPool {name}"), e))?.is_none();
+        let gone =
+            api.get_metadata_opt(name).await.map_err(|e| Error::kube(format!("reading IPPool {name}"), e))?.is_none();
         self.pools.insert(name.to_string(), gone);
         Ok(gone)
     }

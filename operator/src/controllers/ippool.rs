@@ -57,9 +57,12 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
     let (networks, networks_w) = reflector::store();
     let (blocks, blocks_w) = reflector::store();
     let others = futures::stream::select_all([
-        reflector::reflector(nodes_w, watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc()).default_backoff())
-            .map(|_| ())
-            .boxed(),
+        reflector::reflector(
+            nodes_w,
+            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc()).default_backoff(),
+        )
+        .map(|_| ())
+        .boxed(),
         reflector::reflector(networks_w, watcher(Api::<NodeNetwork>::all(client.clone()), wc()).default_backoff())
             .map(|_| ())
             .boxed(),
@@ -67,9 +70,8 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
             .map(|_| ())
             .boxed(),
     ]);
-    let controller = Controller::new(Api::<IPPool>::all(client), wc())
-        .reconcile_all_on(others)
-        .graceful_shutdown_on(stop);
+    let controller =
+        Controller::new(Api::<IPPool>::all(client), wc()).reconcile_all_on(others).graceful_shutdown_on(stop);
     let pctx = Arc::new(PoolContext { ctx, pools: controller.store(), nodes, networks, blocks });
     super::drive(CONTROLLER, controller.run(reconcile, error_policy, pctx)).await;
 }
@@ -99,12 +101,8 @@ async fn reconcile_pool(pool: Arc<IPPool>, pctx: Arc<PoolContext>) -> Result<Act
     let facts = facts(&pctx, &view);
     let wanted = pool_status(&facts);
     let previous = pool.status.clone().unwrap_or_default();
-    let merged = conditions::merge(
-        &previous.conditions,
-        &wanted.conditions,
-        Some(wanted.observed_generation),
-        Timestamp::now(),
-    );
+    let merged =
+        conditions::merge(&previous.conditions, &wanted.conditions, Some(wanted.observed_generation), Timestamp::now());
     if !changed(&previous, &wanted, &merged) {
         return Ok(Action::requeue(RESYNC));
     }

@@ -42,9 +42,12 @@ mod tests {
         PoolAge { name, cidr: cidr.parse().unwrap(), created }
     }
 
+    /// (case, pools, excluded pool -> the older pool it overlaps)
+    type Case = (&'static str, Vec<PoolAge<'static>>, Vec<(&'static str, &'static str)>);
+
     #[test]
     fn the_newer_pool_of_each_overlap_is_excluded_and_names_the_oldest_it_overlaps() {
-        let cases: Vec<(&str, Vec<PoolAge>, Vec<(&str, &str)>)> = vec![
+        let cases: Vec<Case> = vec![
             ("disjoint pools are all used", vec![p("a", "10.0.0.0/16", 5), p("b", "10.1.0.0/16", 1)], vec![]),
             ("newer by timestamp loses", vec![p("a", "10.0.0.0/16", 5), p("b", "10.0.0.0/17", 1)], vec![("a", "b")]),
             (
