@@ -14,6 +14,7 @@
 
 pub mod caps;
 pub mod netlink;
+pub mod nft_events;
 pub mod sysctl;
 
 use std::collections::{BTreeMap, BTreeSet};
