@@ -24,7 +24,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 crds:
-	$(CARGO) run -q -p trellis-api --bin crdgen -- crds/yaml
+	$(CARGO) run -q -p trellis-api --bin crdgen -- crds/yaml charts/trellis/crds
 
 test: lint test-pure test-root test-vm
 
