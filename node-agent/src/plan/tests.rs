@@ -415,6 +415,21 @@ fn strays_and_conflicts_are_warnings() {
 }
 
 #[test]
+fn nested_blocks_of_two_peers_are_routed_to_the_first_only() {
+    let mut s = one_pool(Never, Always);
+    s.peers[1].blocks.push(net("10.244.0.64/27")); // inside node2's 10.244.0.64/26
+    s.peers[0].blocks.push(net("10.244.0.128/27")); // inside node3's 10.244.0.128/26
+    let d = plan_ok(&s);
+    assert_eq!(route(&d, "10.244.0.64/26"), via("10.244.0.64", VX, true));
+    assert_eq!(route(&d, "10.244.0.64/27"), None, "would steal half of node2's block");
+    // node2 comes first by name, so its /27 wins over node3's whole /26.
+    assert_eq!(route(&d, "10.244.0.128/27"), via("10.244.0.64", VX, true));
+    assert_eq!(route(&d, "10.244.0.128/26"), None);
+    let overlap: Vec<&String> = d.warnings.iter().filter(|w| w.contains("overlaps block")).collect();
+    assert_eq!(overlap.len(), 2, "{:#?}", d.warnings);
+}
+
+#[test]
 fn vtep_clashes_are_warnings() {
     let mut s = one_pool(Never, Always);
     s.peers[1].vtep_mac = Some(MacAddr::for_node("node2"));
