@@ -28,16 +28,24 @@ impl Netns {
         let name = format!("trc-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
+        // No IPv6 duplicate address detection on links created later: their addresses would
+        // change from "tentative" to settled at an arbitrary moment of a test.
+        sh(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
 
+    /// A namespace whose uplink is up with its carrier, so its state is settled before a
+    /// test looks at it.
     fn new(tag: &str) -> Self {
         let ns = Self::bare(tag);
         ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
         ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0p", "up"]);
         ns.ip(&["link", "set", "eth0", "up"]);
+        eventually("the uplink's carrier is up", || {
+            ["eth0", "eth0p"].iter().all(|dev| ns.json(&["link", "show", dev])[0]["operstate"] == "UP")
+        });
         ns
     }
 
