@@ -18,12 +18,14 @@ pub mod ip_pool;
 pub mod ipam_block;
 pub mod node_network;
 pub mod overlap;
+pub mod selector;
 
 pub use encap::EncapMode;
 pub use installation::{Installation, InstallationSpec, InstallationStatus};
 pub use ip_pool::{IPPool, IPPoolSpec, IPPoolStatus};
 pub use ipam_block::{IPAMBlock, IPAMBlockSpec};
 pub use node_network::{NodeNetwork, NodeNetworkSpec, NodeNetworkStatus};
+pub use selector::{Selector, SelectorError};
 
 /// API group of every Trellis kind.
 pub const GROUP: &str = "trellis.dev";

@@ -4,7 +4,8 @@
 //! [`Change`]s in an order that never breaks traffic that should keep flowing:
 //!
 //! 1. devices (create, MTU/MAC/up), 2. addresses, 3. neighbours + FDB, 4. routes (replace,
-//!    never delete-then-add), then removals in reverse: 5. stale routes, 6. stale neighbours/FDB,
+//!    never delete-then-add), then removals in reverse: 5. stale and stray routes (everything
+//!    stamped proto 84 that is not desired, in any table and shape), 6. stale neighbours/FDB,
 //!    7. stale addresses, 8. devices.
 //!
 //! So a peer's neighbour and FDB entries always exist before its route points at them, and its
@@ -12,8 +13,15 @@
 //! port, local address, underlay link, learning) mean delete + recreate, flagged disruptive;
 //! everything that was on the old device (its neighbours, FDB, addresses, routes) is planned
 //! again on the new one. A marked VXLAN device under another name (the name setting changed)
-//! is deleted first: the kernel refuses two devices with one VNI and port. `tunl0` is the kernel's fallback device and cannot be deleted:
-//! "removing" it drops its addresses and sets it down. Equal states give an empty diff.
+//! is deleted first: the kernel refuses two devices with one VNI and port.
+//!
+//! Ownership: nothing that is not marked as ours is changed. `tunl0` is the kernel's fallback
+//! device, shared and undeletable: Trellis marks it (alias) when an IPIP pool needs it and
+//! sets it down again only if marked; its own address carries a label
+//! ([`crate::kernel::IPIP_ADDRESS_LABEL`]) and is the only one ever removed. A desired route
+//! whose destination has a foreign route in table main is not applied but returned as a
+//! [`RouteConflict`] (a replace would take the foreign route over). Equal states give an empty
+//! diff.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -23,7 +31,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::desired::{DesiredState, FdbEntry, IPIP_DEVICE, Neighbour, Route, RouteKind, VxlanTunnel};
-use crate::kernel::{KernelState, VxlanDevice};
+use crate::kernel::{KernelState, OWNER_ALIAS, StrayRoute, VxlanDevice, address_label};
 use crate::vtep::MacAddr;
 
 /// One kernel operation.
@@ -39,6 +47,12 @@ pub enum Change {
     },
     /// Make sure `tunl0` exists (loads `ipip` / adopts the fallback device).
     EnsureTunl0,
+    /// Mark a shared device as adopted by Trellis (alias [`crate::kernel::OWNER_ALIAS`]) or
+    /// drop the mark; only a marked `tunl0` is ever set down.
+    SetOwner {
+        dev: String,
+        owned: bool,
+    },
     /// Change attributes of an existing link; `None` leaves one alone.
     SetLink {
         dev: String,
@@ -67,6 +81,8 @@ pub enum Change {
     /// A route to the same destination that changes (atomic replace).
     UpdateRoute(Route),
     DelRoute(Route),
+    /// A route stamped with our protocol in a shape we never install (always swept).
+    DelStrayRoute(StrayRoute),
 }
 
 impl Change {
@@ -74,7 +90,7 @@ impl Change {
     pub fn kind(&self) -> &'static str {
         match self {
             Change::CreateVxlan(_) | Change::EnsureTunl0 => "link+",
-            Change::SetLink { .. } => "link~",
+            Change::SetLink { .. } | Change::SetOwner { .. } => "link~",
             Change::DeleteVxlan { .. } => "link-",
             Change::AddAddress { .. } => "address+",
             Change::DelAddress { .. } => "address-",
@@ -86,7 +102,7 @@ impl Change {
             Change::DelFdb(_) => "fdb-",
             Change::AddRoute(_) => "route+",
             Change::UpdateRoute(_) => "route~",
-            Change::DelRoute(_) => "route-",
+            Change::DelRoute(_) | Change::DelStrayRoute(_) => "route-",
         }
     }
 
@@ -107,6 +123,8 @@ impl fmt::Display for Change {
             ),
             Change::DeleteVxlan { name, reason } => write!(f, "link del {name} ({reason})"),
             Change::EnsureTunl0 => write!(f, "link adopt {IPIP_DEVICE} (modprobe ipip)"),
+            Change::SetOwner { dev, owned: true } => write!(f, "link set {dev} alias {OWNER_ALIAS}"),
+            Change::SetOwner { dev, owned: false } => write!(f, "link set {dev} alias \"\""),
             Change::SetLink { dev, mtu, mac, up } => {
                 write!(f, "link set {dev}")?;
                 if let Some(mtu) = mtu {
@@ -121,7 +139,10 @@ impl fmt::Display for Change {
                     None => Ok(()),
                 }
             }
-            Change::AddAddress { dev, address } => write!(f, "addr add {address} dev {dev}"),
+            Change::AddAddress { dev, address } => match address_label(dev) {
+                Some(label) => write!(f, "addr add {address} dev {dev} label {label}"),
+                None => write!(f, "addr add {address} dev {dev}"),
+            },
             Change::DelAddress { dev, address } => write!(f, "addr del {address} dev {dev}"),
             Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => {
                 write!(f, "neigh replace {} lladdr {} dev {} nud permanent", n.ip, n.mac, n.dev)
@@ -133,6 +154,20 @@ impl fmt::Display for Change {
             Change::DelFdb(e) => write!(f, "fdb del {} dev {} dst {} self", e.mac, e.dev, e.dst),
             Change::AddRoute(r) | Change::UpdateRoute(r) => write!(f, "route replace {}", RouteDisplay(r)),
             Change::DelRoute(r) => write!(f, "route del {}", RouteDisplay(r)),
+            Change::DelStrayRoute(r) => {
+                write!(f, "route del {} {}", r.type_name(), r.dst)?;
+                if let Some(src) = r.src {
+                    write!(f, " from {src}")?;
+                }
+                write!(f, " table {} proto 84", r.table)?;
+                if r.tos != 0 {
+                    write!(f, " tos {:#x}", r.tos)?;
+                }
+                if let Some(metric) = r.metric {
+                    write!(f, " metric {metric}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -176,8 +211,41 @@ fn recreate_reason(current: &VxlanDevice, desired: &VxlanTunnel) -> Option<Strin
     (!reasons.is_empty()).then(|| format!("recreate: {}", reasons.join(", ")))
 }
 
-/// The ordered changes that turn `current` into `desired` (see the module comment).
+/// A desired route Trellis does not install because its destination already has a foreign
+/// route (without our protocol) in table main: replacing it would silently take it over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteConflict {
+    /// The desired route.
+    pub route: Route,
+    /// Whether a route of ours to the destination exists (an update was held back, not an add).
+    pub update: bool,
+    /// Protocol of the foreign route (`static`, `boot`, ...).
+    pub protocol: String,
+}
+
+impl RouteConflict {
+    /// The add or update the diff would otherwise have made.
+    pub fn change(&self) -> Change {
+        if self.update { Change::UpdateRoute(self.route.clone()) } else { Change::AddRoute(self.route.clone()) }
+    }
+}
+
+/// The diff's whole answer: the ordered changes and the routes held back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub changes: Vec<Change>,
+    pub conflicts: Vec<RouteConflict>,
+}
+
+/// The ordered changes that turn `current` into `desired` (see the module comment); routes
+/// that conflict with foreign ones are left out (see [`diff_with_conflicts`]).
 pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
+    diff_with_conflicts(current, desired).changes
+}
+
+/// [`diff`] plus the desired routes held back because a foreign route has their destination.
+pub fn diff_with_conflicts(current: &KernelState, desired: &DesiredState) -> Diff {
     let mut current = current.clone();
     let mut devices = Vec::new();
     let mut device_removals = Vec::new();
@@ -219,17 +287,26 @@ pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
         }
         (None, None) => {}
     }
+    // tunl0 is shared: adopted (marked) when an IPIP pool needs it, set down again only when
+    // the mark says Trellis adopted it; its MTU stays as the last IPIP pool left it.
+    let mark = |owned: bool| Change::SetOwner { dev: IPIP_DEVICE.to_string(), owned };
     match (&current.ipip, &desired.ipip) {
-        (Some(cur), Some(want)) if cur.mtu != want.mtu || !cur.up => {
-            devices.push(Change::SetLink {
-                dev: IPIP_DEVICE.to_string(),
-                mtu: (cur.mtu != want.mtu).then_some(want.mtu),
-                mac: None,
-                up: (!cur.up).then_some(true),
-            });
+        (Some(cur), Some(want)) => {
+            if !cur.owned {
+                devices.push(mark(true));
+            }
+            if cur.mtu != want.mtu || !cur.up {
+                devices.push(Change::SetLink {
+                    dev: IPIP_DEVICE.to_string(),
+                    mtu: (cur.mtu != want.mtu).then_some(want.mtu),
+                    mac: None,
+                    up: (!cur.up).then_some(true),
+                });
+            }
         }
         (None, Some(want)) => {
             devices.push(Change::EnsureTunl0);
+            devices.push(mark(true));
             devices.push(Change::SetLink {
                 dev: IPIP_DEVICE.to_string(),
                 mtu: Some(want.mtu),
@@ -237,13 +314,16 @@ pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
                 up: Some(true),
             });
         }
-        (Some(cur), None) if cur.up => {
-            device_removals.push(Change::SetLink {
-                dev: IPIP_DEVICE.to_string(),
-                mtu: None,
-                mac: None,
-                up: Some(false),
-            });
+        (Some(cur), None) if cur.owned => {
+            if cur.up {
+                device_removals.push(Change::SetLink {
+                    dev: IPIP_DEVICE.to_string(),
+                    mtu: None,
+                    mac: None,
+                    up: Some(false),
+                });
+            }
+            device_removals.push(mark(false));
         }
         _ => {}
     }
@@ -269,9 +349,11 @@ pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
     }
     let want_ipip: BTreeSet<IpNet> =
         desired.ipip.iter().filter_map(|t| t.address).map(|a| host_net(a.into())).collect();
+    // Only labelled addresses are ours; an equal foreign one already does the job.
     let have_ipip: BTreeSet<IpNet> = current.ipip.iter().flat_map(|t| t.addresses.iter().copied()).collect();
+    let foreign_ipip: BTreeSet<IpNet> = current.ipip.iter().flat_map(|t| t.foreign_addresses.iter().copied()).collect();
     if desired.ipip.is_some() {
-        for address in want_ipip.difference(&have_ipip) {
+        for address in want_ipip.difference(&have_ipip).filter(|a| !foreign_ipip.contains(a)) {
             addresses.push(Change::AddAddress { dev: IPIP_DEVICE.to_string(), address: *address });
         }
     }
@@ -314,14 +396,21 @@ pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
         }
     }
 
-    // 4./5. Routes: one per destination, replaced in place.
+    // 4./5. Routes: one per destination, replaced in place — unless a foreign route has the
+    // destination: a replace would take it over.
     let mut routes = Vec::new();
     let mut route_removals = Vec::new();
+    let mut conflicts = Vec::new();
     for (dst, want) in &desired.routes {
-        match current.routes.get(dst) {
+        let update = match current.routes.get(dst) {
+            None => false,
+            Some(have) if have != want => true,
+            Some(_) => continue,
+        };
+        match current.foreign_routes.get(dst) {
+            Some(protocol) => conflicts.push(RouteConflict { route: want.clone(), update, protocol: protocol.clone() }),
+            None if update => routes.push(Change::UpdateRoute(want.clone())),
             None => routes.push(Change::AddRoute(want.clone())),
-            Some(have) if have != want => routes.push(Change::UpdateRoute(want.clone())),
-            Some(_) => {}
         }
     }
     for (dst, have) in &current.routes {
@@ -329,6 +418,7 @@ pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
             route_removals.push(Change::DelRoute(have.clone()));
         }
     }
+    route_removals.extend(current.stray_routes.iter().cloned().map(Change::DelStrayRoute));
 
     let mut changes = devices;
     changes.extend(addresses);
@@ -341,7 +431,7 @@ pub fn diff(current: &KernelState, desired: &DesiredState) -> Vec<Change> {
         _ => true,
     }));
     changes.extend(device_removals);
-    changes
+    Diff { changes, conflicts }
 }
 
 /// Drops everything the kernel removes together with a device.

@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::desired::{Capabilities, CniConfig, DesiredState, NatPlan};
-use crate::diff::{Change, diff};
+use crate::diff::{Change, Diff, diff, diff_with_conflicts};
 use crate::kernel::netlink::KernelEvent;
-use crate::kernel::{ApplyReport, Kernel, KernelError, apply};
+use crate::kernel::{ApplyReport, ChangeFailure, Kernel, KernelError, apply_refusing};
 use crate::snapshot::{Snapshot, SnapshotError};
 
 /// Name looked at when no VXLAN pool is in use, so a device left by an earlier pass is found
@@ -189,8 +189,17 @@ pub async fn pass<K: Kernel, S: DesiredSource<K>, H: Host>(
     host: &H,
 ) -> Result<PassReport, ReconcileError> {
     let desired = source.desired(kernel).await.map_err(ReconcileError::Desired)?;
-    let changes = preview(kernel, &desired, source.vxlan_device()).await?;
-    let mut report = PassReport { kernel: apply(kernel, &changes).await, ..Default::default() };
+    let current = kernel.read(vxlan_device(&desired, source.vxlan_device())).await.map_err(ReconcileError::Read)?;
+    let Diff { changes, conflicts } = diff_with_conflicts(&current, &desired);
+    // A route that would take over a foreign one is reported per route, like a refusal.
+    let refused = conflicts
+        .into_iter()
+        .map(|c| ChangeFailure {
+            change: c.change(),
+            error: KernelError::ForeignRoute { dst: c.route.dst, protocol: c.protocol },
+        })
+        .collect();
+    let mut report = PassReport { kernel: apply_refusing(kernel, &changes, refused).await, ..Default::default() };
 
     // After the devices exist: per-interface sysctls need them.
     for sysctl in &desired.sysctls {

@@ -564,7 +564,8 @@ fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
     let link = &ns.ip_json(&["link", "show", IPIP_DEVICE])[0];
     assert_eq!(link["mtu"], 1480);
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
-    assert!(ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("inet 10.244.1.0/32"));
+    assert!(ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("inet 10.244.1.0/32 scope global tunl0:trellis"));
+    assert_eq!(link["ifalias"], "trellis", "adopted tunl0 carries the owner mark");
     assert_eq!(
         ns.our_routes(),
         vec!["10.244.1.0/26|||false|blackhole", "10.244.2.0/26|192.168.1.2|tunl0|true|unicast"]
@@ -665,4 +666,178 @@ fn renamed_vxlan_device_replaces_the_old_one_and_foreign_devices_survive() {
             "10.244.3.0/26|10.244.3.0|vx.renamed|true|unicast",
         ]
     );
+}
+
+/// Routes with proto 84 in every table, both families, as "dst type table".
+fn proto_84_everywhere(ns: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for family in ["-4", "-6"] {
+        for r in ns.ip_json(&[family, "route", "show", "table", "all", "proto", "84"]).as_array().unwrap() {
+            out.push(format!(
+                "{} {} {}",
+                r["dst"].as_str().unwrap(),
+                r["type"].as_str().unwrap_or("unicast"),
+                r["table"].as_str().unwrap_or("main")
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn stray_proto_84_routes_of_every_shape_and_table_are_swept() {
+    let ns = Netns::new("sweep");
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, TWO_PEERS)).await;
+    });
+    // Stamped as ours, in shapes the planner never produces.
+    let strays: &[&[&str]] = &[
+        &["route", "add", "10.50.0.0/24", "dev", "eth0", "proto", "84"],
+        &["route", "add", "unreachable", "10.51.0.0/24", "proto", "84"],
+        &["route", "add", "prohibit", "10.52.0.0/24", "proto", "84"],
+        &[
+            "route",
+            "add",
+            "10.53.0.0/24",
+            "proto",
+            "84",
+            "nexthop",
+            "via",
+            "192.168.1.2",
+            "dev",
+            "eth0",
+            "nexthop",
+            "via",
+            "192.168.1.3",
+            "dev",
+            "eth0",
+        ],
+        &["route", "add", "10.54.0.0/24", "via", "192.168.1.2", "dev", "eth0", "table", "100", "proto", "84"],
+        &["route", "add", "blackhole", "10.55.0.0/24", "table", "1000", "proto", "84"],
+        // A second route to one of our destinations, with a metric.
+        &["route", "add", "10.244.2.0/26", "via", "192.168.1.2", "dev", "eth0", "proto", "84", "metric", "50"],
+        &["-6", "route", "add", "unreachable", "fd00:99::/64", "proto", "84"],
+        &["-6", "route", "add", "fd00:98::/64", "dev", "eth0", "table", "200", "proto", "84"],
+    ];
+    for args in strays {
+        ns.ip(args);
+    }
+    // Not ours: same shapes without our protocol.
+    ns.ip(&["route", "add", "unreachable", "10.60.0.0/24"]);
+    ns.ip(&["route", "add", "10.61.0.0/24", "via", "192.168.1.2", "dev", "eth0", "table", "100", "proto", "static"]);
+    ns.ip(&["-6", "route", "add", "unreachable", "fd00:97::/64", "proto", "static"]);
+    assert_eq!(proto_84_everywhere(&ns).len(), 3 + strays.len());
+
+    let d = desired(4096, TWO_PEERS);
+    let (changes, rest) = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let changes = converge(&kernel, &d).await;
+        (changes, diff(&kernel.read(VX).await.unwrap(), &d))
+    });
+    assert!(rest.is_empty(), "{rest:#?}");
+    assert_eq!(changes.len(), strays.len(), "{changes:#?}");
+    assert!(changes.iter().all(|c| c.kind() == "route-"), "{changes:#?}");
+    assert_eq!(
+        proto_84_everywhere(&ns),
+        vec!["10.244.1.0/26 blackhole main", "10.244.2.0/26 unicast main", "10.244.3.0/26 unicast main"]
+    );
+    assert_eq!(
+        ns.our_routes(),
+        vec![
+            "10.244.1.0/26|||false|blackhole",
+            "10.244.2.0/26|10.244.2.0|vxlan.trellis|true|unicast",
+            "10.244.3.0/26|10.244.3.0|vxlan.trellis|true|unicast",
+        ]
+    );
+    assert!(ns.ip(&["route", "show", "10.60.0.0/24"]).contains("unreachable"));
+    assert!(ns.ip(&["route", "show", "table", "100"]).contains("10.61.0.0/24 via 192.168.1.2"));
+    assert!(ns.ip(&["-6", "route", "show", "fd00:97::/64"]).contains("unreachable"));
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn a_foreign_route_to_a_desired_destination_is_reported_not_taken_over() {
+    let ns = Netns::new("foreign");
+    // Somebody else's route to what will be peer 3's block, and to peer 2's (different metric).
+    ns.ip(&["route", "add", "10.244.3.0/26", "via", "192.168.1.254", "dev", "eth0", "proto", "static"]);
+    ns.ip(&["route", "add", "10.244.2.0/26", "via", "192.168.1.253", "dev", "eth0", "metric", "100"]);
+    let report = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        let mut source = Fixed(desired(4096, TWO_PEERS));
+        reconcile::pass(&kernel, &mut source, &NoHost).await.unwrap()
+    });
+    assert!(!report.ok());
+    let failed: Vec<String> = report.kernel.failed.iter().map(|f| format!("{}: {}", f.change, f.error)).collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(failed[0].starts_with("route replace 10.244.2.0/26") && failed[0].contains("proto boot"), "{failed:#?}");
+    assert!(failed[1].starts_with("route replace 10.244.3.0/26") && failed[1].contains("proto static"), "{failed:#?}");
+    assert!(failed.iter().all(|f| f.contains("does not take it over")), "{failed:#?}");
+    // The foreign routes are as they were; ours (the blackhole) went in.
+    assert_eq!(
+        ns.ip(&["route", "show", "10.244.3.0/26"]).trim(),
+        "10.244.3.0/26 via 192.168.1.254 dev eth0 proto static"
+    );
+    assert_eq!(
+        ns.ip(&["route", "show", "10.244.2.0/26"]).trim(),
+        "10.244.2.0/26 via 192.168.1.253 dev eth0 metric 100"
+    );
+    assert_eq!(ns.our_routes(), vec!["10.244.1.0/26|||false|blackhole"]);
+    // The peers whose only route was held back were rolled back: nothing half-added.
+    assert!(ns.neighbours().is_empty() && ns.fdb().is_empty(), "{:?} {:?}", ns.neighbours(), ns.fdb());
+}
+
+/// Needs a kernel with ipip (`make test-vm` runs it in the full-kernel VM).
+#[test]
+#[ignore = "vm: needs the ipip module (full-kernel VM)"]
+fn vm_foreign_tunl0_state_and_addresses_are_left_alone() {
+    use trellis_agent::desired::{IPIP_DEVICE, IpipTunnel};
+    let ns = Netns::new("tunl0own");
+    // Loading the module gives every namespace its tunl0.
+    sh("modprobe", &["ipip"]);
+    // Somebody else uses tunl0: up, with their address.
+    ns.ip(&["addr", "add", "10.99.0.1/32", "dev", IPIP_DEVICE]);
+    ns.ip(&["link", "set", IPIP_DEVICE, "up"]);
+    let tunl0_up = |ns: &Netns| {
+        ns.ip_json(&["link", "show", IPIP_DEVICE])[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP")
+    };
+    let addresses = |ns: &Netns| ns.ip(&["-4", "addr", "show", "dev", IPIP_DEVICE]);
+
+    // No IPIP pool: nothing on tunl0 is touched.
+    let changes = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &DesiredState::default()).await
+    });
+    assert!(changes.is_empty(), "{changes:#?}");
+    assert!(tunl0_up(&ns));
+    assert!(addresses(&ns).contains("inet 10.99.0.1/32"), "{}", addresses(&ns));
+
+    // An IPIP pool: adopted (marked), our labelled address next to theirs.
+    let d = DesiredState {
+        mtu: 1480,
+        ipip: Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.0".parse().unwrap()) }),
+        ..Default::default()
+    };
+    ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &d).await;
+    });
+    assert_eq!(ns.ip_json(&["link", "show", IPIP_DEVICE])[0]["ifalias"], "trellis");
+    let both = addresses(&ns);
+    assert!(
+        both.contains("inet 10.99.0.1/32") && both.contains("inet 10.244.1.0/32 scope global tunl0:trellis"),
+        "{both}"
+    );
+
+    // The pool goes: exactly our address and our mark go, and the adopted device is set down.
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &DesiredState::default()).await;
+    });
+    let after = addresses(&ns);
+    assert!(after.contains("inet 10.99.0.1/32") && !after.contains("10.244.1.0"), "{after}");
+    assert!(!tunl0_up(&ns));
+    assert!(ns.ip_json(&["link", "show", IPIP_DEVICE])[0].get("ifalias").is_none());
 }

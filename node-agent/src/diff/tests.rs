@@ -243,6 +243,7 @@ fn ipip_adopts_tunl0_and_removal_only_downs_it() {
         changes,
         vec![
             Change::EnsureTunl0,
+            Change::SetOwner { dev: IPIP_DEVICE.into(), owned: true },
             Change::SetLink { dev: IPIP_DEVICE.into(), mtu: Some(1480), mac: None, up: Some(true) },
             Change::AddAddress { dev: IPIP_DEVICE.into(), address: "10.244.1.0/32".parse().unwrap() },
             Change::AddRoute(d.routes[&dst].clone()),
@@ -251,10 +252,15 @@ fn ipip_adopts_tunl0_and_removal_only_downs_it() {
     let k = run(&KernelState::default(), &changes);
     assert!(diff(&k, &d).is_empty());
 
-    // Already loaded but down with the wrong MTU: adopt, do not create.
-    let loaded =
-        KernelState { ipip: Some(IpipDevice { mtu: 1480, up: false, addresses: vec![] }), ..Default::default() };
-    assert_eq!(diff(&loaded, &d)[0], Change::SetLink { dev: IPIP_DEVICE.into(), mtu: None, mac: None, up: Some(true) });
+    // Already loaded but down: adopt (mark, up), do not create.
+    let loaded = KernelState { ipip: Some(IpipDevice { mtu: 1480, ..Default::default() }), ..Default::default() };
+    assert_eq!(
+        diff(&loaded, &d)[..2],
+        [
+            Change::SetOwner { dev: IPIP_DEVICE.into(), owned: true },
+            Change::SetLink { dev: IPIP_DEVICE.into(), mtu: None, mac: None, up: Some(true) }
+        ]
+    );
 
     let changes = diff(&k, &DesiredState::default());
     assert_eq!(
@@ -263,11 +269,103 @@ fn ipip_adopts_tunl0_and_removal_only_downs_it() {
             Change::DelRoute(d.routes[&dst].clone()),
             Change::DelAddress { dev: IPIP_DEVICE.into(), address: "10.244.1.0/32".parse().unwrap() },
             Change::SetLink { dev: IPIP_DEVICE.into(), mtu: None, mac: None, up: Some(false) },
+            Change::SetOwner { dev: IPIP_DEVICE.into(), owned: false },
         ]
     );
     let k = run(&k, &changes);
     assert!(k.ipip.is_some(), "tunl0 is never deleted");
     assert!(diff(&k, &DesiredState::default()).is_empty());
+}
+
+/// A `tunl0` somebody else brought up, with their addresses.
+fn foreign_tunl0() -> KernelState {
+    KernelState {
+        ipip: Some(IpipDevice {
+            mtu: 1480,
+            up: true,
+            owned: false,
+            addresses: vec![],
+            foreign_addresses: vec!["10.99.0.1/32".parse().unwrap(), "10.244.1.0/32".parse().unwrap()],
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_foreign_tunl0_and_its_addresses_are_left_alone_without_ipip_pools() {
+    let changes = diff(&foreign_tunl0(), &DesiredState::default());
+    assert!(changes.is_empty(), "{changes:#?}");
+}
+
+#[test]
+fn adopting_tunl0_marks_it_and_keeps_foreign_addresses() {
+    let mut d = DesiredState {
+        ipip: Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.64".parse().unwrap()) }),
+        ..Default::default()
+    };
+    let changes = diff(&foreign_tunl0(), &d);
+    assert_eq!(
+        changes,
+        vec![
+            Change::SetOwner { dev: IPIP_DEVICE.into(), owned: true },
+            Change::AddAddress { dev: IPIP_DEVICE.into(), address: "10.244.1.64/32".parse().unwrap() },
+        ]
+    );
+    // A foreign address equal to ours already does the job: not added again, never removed.
+    d.ipip = Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.0".parse().unwrap()) });
+    let adopted = run(&foreign_tunl0(), &diff(&foreign_tunl0(), &d));
+    assert!(diff(&adopted, &d).is_empty());
+    let released = run(&adopted, &diff(&adopted, &DesiredState::default()));
+    let tunl0 = released.ipip.unwrap();
+    assert!(!tunl0.up && !tunl0.owned);
+    assert_eq!(tunl0.foreign_addresses.len(), 2, "foreign addresses survive");
+}
+
+#[test]
+fn a_route_that_would_take_over_a_foreign_one_is_held_back_as_a_conflict() {
+    let d = two_peers();
+    let mut current = converged(&d);
+    let taken: IpNet = "10.244.3.0/26".parse().unwrap();
+    current.routes.remove(&taken);
+    current.foreign_routes.insert(taken, "static".into());
+    // Our route to 10.244.2.0/26 differs and a foreign one appeared next to it.
+    let changed: IpNet = "10.244.2.0/26".parse().unwrap();
+    if let Some(Route { kind: RouteKind::Unicast { onlink, .. }, .. }) = current.routes.get_mut(&changed) {
+        *onlink = false;
+    }
+    current.foreign_routes.insert(changed, "boot".into());
+    let Diff { changes, conflicts } = diff_with_conflicts(&current, &d);
+    assert!(changes.iter().all(|c| !matches!(c, Change::AddRoute(_) | Change::UpdateRoute(_))), "{changes:#?}");
+    assert_eq!(
+        conflicts,
+        vec![
+            RouteConflict { route: d.routes[&changed].clone(), update: true, protocol: "boot".into() },
+            RouteConflict { route: d.routes[&taken].clone(), update: false, protocol: "static".into() },
+        ]
+    );
+    assert_eq!(conflicts[1].change(), Change::AddRoute(d.routes[&taken].clone()));
+    // The foreign route is never removed either.
+    assert!(
+        diff(&current, &DesiredState::default()).iter().all(|c| !matches!(c, Change::DelRoute(r) if r.dst == taken))
+    );
+}
+
+#[test]
+fn stray_routes_are_always_removed() {
+    let d = two_peers();
+    let mut current = converged(&d);
+    let stray = crate::kernel::StrayRoute {
+        dst: "10.51.0.0/24".parse().unwrap(),
+        src: None,
+        table: 100,
+        route_type: 7,
+        tos: 0,
+        metric: None,
+    };
+    current.stray_routes.push(stray.clone());
+    let changes = diff(&current, &d);
+    assert_eq!(changes, vec![Change::DelStrayRoute(stray)]);
+    assert_eq!(changes[0].to_string(), "route del unreachable 10.51.0.0/24 table 100 proto 84");
 }
 
 #[test]

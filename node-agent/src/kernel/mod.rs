@@ -35,8 +35,19 @@ pub struct KernelState {
     pub ipip: Option<IpipDevice>,
     /// The VXLAN device with the name asked for, when it exists.
     pub vxlan: Option<VxlanDevice>,
-    /// Routes in table main with [`crate::desired::ROUTE_PROTOCOL`], by destination.
+    /// Routes in table main with [`crate::desired::ROUTE_PROTOCOL`] in a shape the planner
+    /// produces ([`Route`]), by destination.
     pub routes: BTreeMap<IpNet, Route>,
+    /// Every other route carrying [`crate::desired::ROUTE_PROTOCOL`], in any table: shapes Trellis
+    /// never installs (dev-only, unreachable/prohibit, multipath, a metric, TOS or source
+    /// prefix, another table, a second route to one destination). Stamped as ours, never
+    /// desired: always swept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stray_routes: Vec<StrayRoute>,
+    /// Destinations of routes in table main *without* our protocol, with that protocol's
+    /// name. Not ours: read only so that a desired route never replaces one of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub foreign_routes: BTreeMap<IpNet, String>,
     /// Permanent neighbour entries on the VXLAN device (sorted).
     pub neighbours: Vec<Neighbour>,
     /// Permanent FDB entries with a remote on the VXLAN device (sorted).
@@ -50,14 +61,65 @@ pub struct KernelState {
 /// so a device left behind under an old name is recognised — also across restarts.
 pub const OWNER_ALIAS: &str = "trellis";
 
+/// A route carrying our protocol that the planner never produces, with what identifies it for
+/// deletion (`ip route del <type> <dst> [from <src>] table <table> proto 84 tos <tos> metric <metric>`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StrayRoute {
+    pub dst: IpNet,
+    /// Source prefix (IPv6 `from`), if any.
+    pub src: Option<IpNet>,
+    pub table: u32,
+    /// Route type as the kernel numbers it (`RTN_UNICAST` = 1, `RTN_UNREACHABLE` = 7, ...).
+    pub route_type: u8,
+    pub tos: u8,
+    /// `RTA_PRIORITY`, when the kernel reports one.
+    pub metric: Option<u32>,
+}
+
+impl StrayRoute {
+    /// The iproute2 word for the route type.
+    pub fn type_name(&self) -> String {
+        match self.route_type {
+            1 => "unicast".into(),
+            2 => "local".into(),
+            3 => "broadcast".into(),
+            4 => "anycast".into(),
+            5 => "multicast".into(),
+            6 => "blackhole".into(),
+            7 => "unreachable".into(),
+            8 => "prohibit".into(),
+            9 => "throw".into(),
+            10 => "nat".into(),
+            other => format!("type-{other}"),
+        }
+    }
+}
+
+/// Label (`ip addr add ... label tunl0:trellis`) marking the tunnel address Trellis put on
+/// `tunl0`. `tunl0` is shared with the kernel and possibly other tools, so only addresses
+/// carrying this label are ours; it survives agent restarts and iproute2 shows it.
+pub const IPIP_ADDRESS_LABEL: &str = "tunl0:trellis";
+
+/// The label Trellis gives its addresses on `dev`, if it labels them (only on the shared
+/// `tunl0`; the VXLAN device is Trellis' own, so everything on it is).
+pub fn address_label(dev: &str) -> Option<&'static str> {
+    (dev == crate::desired::IPIP_DEVICE).then_some(IPIP_ADDRESS_LABEL)
+}
+
 /// `tunl0` as the kernel has it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpipDevice {
     pub mtu: u32,
     pub up: bool,
-    /// Addresses except IPv6 link-local ones (the kernel adds those by itself).
+    /// Trellis adopted it ([`OWNER_ALIAS`]): only then does Trellis set it down again.
+    pub owned: bool,
+    /// Our addresses: those labelled [`IPIP_ADDRESS_LABEL`].
     pub addresses: Vec<IpNet>,
+    /// Everybody else's addresses (IPv6 link-local ones left out): never touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_addresses: Vec<IpNet>,
 }
 
 /// The VXLAN device as the kernel has it.
@@ -92,6 +154,12 @@ pub enum KernelError {
     Sysctl(#[from] sysctl::SysctlError),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A desired route whose destination already has a route in table main that is not ours.
+    #[error(
+        "a route to {dst} with proto {protocol} (not Trellis' proto 84) is in table main; Trellis does not take it \
+         over: remove it, or move the pool/block"
+    )]
+    ForeignRoute { dst: IpNet, protocol: String },
 }
 
 impl KernelError {
@@ -161,7 +229,18 @@ impl ApplyReport {
 /// refused leaves no half state behind: the neighbour and FDB entries this batch added for it
 /// are removed again, unless another route through the same gateway made it in.
 pub async fn apply<K: Kernel>(kernel: &K, changes: &[Change]) -> ApplyReport {
+    apply_refusing(kernel, changes, Vec::new()).await
+}
+
+/// [`apply`], with `refused`: changes that never reach the kernel (a route that would take over
+/// a foreign one, see [`crate::diff::RouteConflict`]). They are reported as failures and count
+/// as refused routes for the rollback of a half-added peer.
+pub async fn apply_refusing<K: Kernel>(kernel: &K, changes: &[Change], refused: Vec<ChangeFailure>) -> ApplyReport {
     let mut report = ApplyReport::default();
+    for failure in refused {
+        tracing::error!(change = %failure.change, error = %failure.error, "change refused before the kernel");
+        report.failed.push(failure);
+    }
     for change in changes {
         if change.is_disruptive() {
             tracing::warn!(%change, "disruptive change: traffic through this device stops until it is rebuilt");
@@ -338,7 +417,7 @@ pub(crate) mod fake {
                     self.routes.retain(|_, r| via(r).is_none_or(|(d, _)| d != name));
                 }
                 Change::EnsureTunl0 => {
-                    self.ipip.get_or_insert(IpipDevice { mtu: 1480, up: false, addresses: vec![] });
+                    self.ipip.get_or_insert(IpipDevice { mtu: 1480, ..Default::default() });
                 }
                 Change::SetLink { dev, mtu, mac, up } => {
                     if let Some(v) = self.vxlan.as_mut().filter(|v| v.name == *dev) {
@@ -348,6 +427,11 @@ pub(crate) mod fake {
                     } else if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
                         t.mtu = mtu.unwrap_or(t.mtu);
                         t.up = up.unwrap_or(t.up);
+                    }
+                }
+                Change::SetOwner { dev, owned } => {
+                    if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
+                        t.owned = *owned;
                     }
                 }
                 Change::AddAddress { dev, address } | Change::DelAddress { dev, address } => {
@@ -383,6 +467,7 @@ pub(crate) mod fake {
                 Change::DelRoute(r) => {
                     self.routes.remove(&r.dst);
                 }
+                Change::DelStrayRoute(r) => self.stray_routes.retain(|o| o != r),
             }
         }
     }

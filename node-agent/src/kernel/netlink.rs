@@ -26,7 +26,10 @@ use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, MulticastGroup};
 use tokio::sync::mpsc;
 
 use super::caps::{self, LinkProbe, ProbeOutcome, TunnelKind};
-use super::{IpipDevice, Kernel, KernelError, KernelState, OWNER_ALIAS, VxlanDevice, sysctl};
+use super::{
+    IPIP_ADDRESS_LABEL, IpipDevice, Kernel, KernelError, KernelState, OWNER_ALIAS, StrayRoute, VxlanDevice,
+    address_label, sysctl,
+};
 use crate::desired::{Capabilities, FdbEntry, IPIP_DEVICE, Neighbour, ROUTE_PROTOCOL, Route, RouteKind, VxlanTunnel};
 use crate::diff::Change;
 use crate::vtep::MacAddr;
@@ -109,6 +112,11 @@ fn link_info(m: &LinkMessage) -> (Option<&InfoKind>, Option<&InfoData>) {
     (kind, data)
 }
 
+/// Whether the link carries Trellis' owner mark ([`OWNER_ALIAS`]).
+fn owner_marked(m: &LinkMessage) -> bool {
+    m.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(x) if x == OWNER_ALIAS))
+}
+
 fn is_up(m: &LinkMessage) -> bool {
     m.header.flags.contains(LinkFlags::Up)
 }
@@ -164,24 +172,63 @@ fn route_table(m: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(m.header.table))
 }
 
-/// One of our routes as the planner would have written it, or None for shapes we never install.
+fn route_metric(m: &RouteMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Priority(p) => Some(*p),
+        _ => None,
+    })
+}
+
+/// The metric the kernel gives a route added without one: none for IPv4, 1024 for IPv6.
+fn default_metric(family: AddressFamily) -> Option<u32> {
+    match family {
+        AddressFamily::Inet6 => Some(1024),
+        _ => None,
+    }
+}
+
+fn route_prefix(m: &RouteMessage, source: bool) -> Option<IpNet> {
+    let (len, ip) = if source {
+        let ip = m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Source(s) => route_ip(s),
+            _ => None,
+        });
+        (m.header.source_prefix_length, ip?)
+    } else {
+        let ip = m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Destination(d) => route_ip(d),
+                _ => None,
+            })
+            .or(match m.header.address_family {
+                AddressFamily::Inet => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                AddressFamily::Inet6 => Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+                _ => None,
+            })?;
+        (m.header.destination_prefix_length, ip)
+    };
+    IpNet::new(ip, len).ok()
+}
+
+/// One of our routes as the planner would have written it (table main, default metric, no
+/// TOS or source, blackhole or one gateway), or None for any other shape.
 fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route> {
-    let dst_ip = m
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Destination(d) => route_ip(d),
-            _ => None,
-        })
-        .or(match m.header.address_family {
-            AddressFamily::Inet => Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-            AddressFamily::Inet6 => Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
-            _ => None,
-        })?;
-    let dst = IpNet::new(dst_ip, m.header.destination_prefix_length).ok()?;
+    if route_table(m) != u32::from(RouteHeader::RT_TABLE_MAIN)
+        || m.header.tos != 0
+        || m.header.source_prefix_length != 0
+        || route_metric(m).filter(|&p| p != 0) != default_metric(m.header.address_family)
+    {
+        return None;
+    }
+    let dst = route_prefix(m, false)?;
     let kind = match m.header.kind {
         RouteType::BlackHole => RouteKind::Blackhole,
         RouteType::Unicast => {
+            if m.attributes.iter().any(|a| matches!(a, RouteAttribute::MultiPath(_))) {
+                return None;
+            }
             let gateway = m.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Gateway(g) => route_ip(g),
                 _ => None,
@@ -199,6 +246,77 @@ fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route>
         _ => return None,
     };
     Some(Route { dst, kind })
+}
+
+/// What identifies a route of ours that is not in a planner shape, for deleting it.
+fn stray_route(m: &RouteMessage) -> Option<StrayRoute> {
+    Some(StrayRoute {
+        dst: route_prefix(m, false)?,
+        src: if m.header.source_prefix_length == 0 { None } else { route_prefix(m, true) },
+        table: route_table(m),
+        route_type: u8::from(m.header.kind),
+        tos: m.header.tos,
+        metric: route_metric(m),
+    })
+}
+
+/// Our routes of one family as the kernel listed them. A failed dump is an error (an empty
+/// list would make every route of that family look gone). Messages of another family are
+/// skipped: a kernel without IPv6 answers an IPv6 dump with every family's routes.
+fn decode_routes(
+    family: AddressFamily,
+    dump: Result<Vec<RouteMessage>, rtnetlink::Error>,
+    names: &BTreeMap<u32, String>,
+    state: &mut KernelState,
+) -> Result<(), KernelError> {
+    let messages = dump.map_err(|e| nl_error(format!("dump {family:?} routes"), e))?;
+    for m in messages {
+        if m.header.address_family != family {
+            continue;
+        }
+        if u8::from(m.header.protocol) != ROUTE_PROTOCOL {
+            // Where our routes go: remembered so that none of ours replaces it.
+            if route_table(&m) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && let Some(dst) = route_prefix(&m, false)
+            {
+                state.foreign_routes.insert(dst, m.header.protocol.to_string());
+            }
+            continue;
+        }
+        match parse_route(&m, names) {
+            Some(route) if !state.routes.contains_key(&route.dst) => {
+                state.routes.insert(route.dst, route);
+            }
+            _ => match stray_route(&m) {
+                Some(stray) => state.stray_routes.push(stray),
+                None => tracing::warn!(?m, "route with our protocol and no destination; cannot sweep it"),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// The delete request for a stray route: type, destination, source, table, protocol, TOS and
+/// metric, no next hop (the kernel then deletes the route whatever its next hops).
+fn stray_route_message(r: &StrayRoute) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(r.dst.addr());
+    m.header.destination_prefix_length = r.dst.prefix_len();
+    m.header.table = u8::try_from(r.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    m.header.scope = RouteScope::NoWhere;
+    m.header.kind = RouteType::from(r.route_type);
+    m.header.tos = r.tos;
+    m.attributes.push(RouteAttribute::Table(r.table));
+    m.attributes.push(RouteAttribute::Destination(r.dst.network().into()));
+    if let Some(src) = r.src {
+        m.header.source_prefix_length = src.prefix_len();
+        m.attributes.push(RouteAttribute::Source(src.network().into()));
+    }
+    if let Some(metric) = r.metric {
+        m.attributes.push(RouteAttribute::Priority(metric));
+    }
+    m
 }
 
 fn neighbour_ip(m: &NeighbourMessage) -> Option<IpAddr> {
@@ -308,11 +426,16 @@ impl NetlinkKernel {
         let message = builder.mtu(t.mtu).address(t.mac.0.to_vec()).up().build();
         self.handle.link().add(message).execute().await.map_err(|e| nl_error(format!("create vxlan {}", t.name), e))?;
         // The owner mark (an alias is not taken at creation by every kernel: set it after).
-        let index = self.index(&t.name).await?;
-        let mark = LinkUnspec::new_with_index(index)
-            .append_extra_attribute(LinkAttribute::IfAlias(OWNER_ALIAS.to_string()))
-            .build();
-        self.set_link(mark, &format!("set {} alias", t.name)).await
+        self.set_owner(&t.name, true).await
+    }
+
+    /// Sets or clears the owner mark (an empty alias removes it).
+    async fn set_owner(&self, dev: &str, owned: bool) -> Result<(), KernelError> {
+        let index = self.index(dev).await?;
+        let alias = if owned { OWNER_ALIAS } else { "" };
+        let mark =
+            LinkUnspec::new_with_index(index).append_extra_attribute(LinkAttribute::IfAlias(alias.to_string())).build();
+        self.set_link(mark, &format!("set {dev} alias {alias:?}")).await
     }
 
     async fn ensure_tunl0(&self) -> Result<(), KernelError> {
@@ -376,14 +499,13 @@ impl NetlinkKernel {
     async fn address(&self, dev: &str, address: IpNet, add: bool) -> Result<(), KernelError> {
         let index = self.index(dev).await?;
         if add {
-            return self
-                .handle
-                .address()
-                .add(index, address.addr(), address.prefix_len())
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| nl_error(format!("add address {address} dev {dev}"), e));
+            let mut request = self.handle.address().add(index, address.addr(), address.prefix_len()).replace();
+            if let Some(label) = address_label(dev)
+                && address.addr().is_ipv4()
+            {
+                request.message_mut().attributes.push(AddressAttribute::Label(label.to_string()));
+            }
+            return request.execute().await.map_err(|e| nl_error(format!("add address {address} dev {dev}"), e));
         }
         let mut m = AddressMessage::default();
         m.header.family = family(address.addr());
@@ -513,8 +635,9 @@ impl Kernel for NetlinkKernel {
 
         let addresses: Vec<AddressMessage> =
             self.handle.address().get().execute().try_collect().await.map_err(|e| nl_error("dump addresses", e))?;
-        let addresses_of = |index: u32| -> Vec<IpNet> {
-            let mut out: Vec<IpNet> = addresses
+        // (address, label) of a link, IPv6 link-local ones left out (the kernel adds those).
+        let addresses_of = |index: u32| -> Vec<(IpNet, Option<String>)> {
+            let mut out: Vec<(IpNet, Option<String>)> = addresses
                 .iter()
                 .filter(|a| a.header.index == index)
                 .filter_map(|a| {
@@ -528,61 +651,56 @@ impl Kernel for NetlinkKernel {
                             _ => None,
                         })
                     })?;
-                    // The kernel adds IPv6 link-local addresses by itself; they are not ours.
                     if let IpAddr::V6(v6) = ip
                         && v6.is_unicast_link_local()
                     {
                         return None;
                     }
-                    IpNet::new(ip, a.header.prefix_len).ok()
+                    let label = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Label(l) => Some(l.clone()),
+                        _ => None,
+                    });
+                    Some((IpNet::new(ip, a.header.prefix_len).ok()?, label))
                 })
                 .collect();
             out.sort();
             out
         };
+        let nets = |list: Vec<(IpNet, Option<String>)>| list.into_iter().map(|(net, _)| net).collect::<Vec<_>>();
 
         let stale_vxlan = links
             .iter()
             .filter(|l| link_name(l).is_some_and(|n| n != vxlan_name))
             .filter(|l| link_info(l).0 == Some(&InfoKind::Vxlan))
-            .filter(|l| l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(x) if x == OWNER_ALIAS)))
+            .filter(|l| owner_marked(l))
             .filter_map(|l| link_name(l).map(str::to_string))
             .collect();
         let mut state = KernelState {
             stale_vxlan,
             ipip: tunl0.and_then(|l| {
-                Some(IpipDevice { mtu: link_mtu(l)?, up: is_up(l), addresses: addresses_of(l.header.index) })
+                let (ours, foreign): (Vec<_>, Vec<_>) = addresses_of(l.header.index)
+                    .into_iter()
+                    .partition(|(_, label)| label.as_deref() == Some(IPIP_ADDRESS_LABEL));
+                Some(IpipDevice {
+                    mtu: link_mtu(l)?,
+                    up: is_up(l),
+                    owned: owner_marked(l),
+                    addresses: nets(ours),
+                    foreign_addresses: nets(foreign),
+                })
             }),
-            vxlan: vxlan.and_then(|l| vxlan_device(l, &names, addresses_of(l.header.index))),
+            vxlan: vxlan.and_then(|l| vxlan_device(l, &names, nets(addresses_of(l.header.index)))),
             ..Default::default()
         };
 
+        // Every table: the protocol number is the mark, wherever the route is.
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut query = RouteMessage::default();
             query.header.address_family = family;
-            let routes: Vec<RouteMessage> = match self.handle.route().get(query).execute().try_collect().await {
-                Ok(routes) => routes,
-                // A kernel booted without IPv6 refuses the dump; there are no IPv6 routes then.
-                Err(e) if family == AddressFamily::Inet6 => {
-                    tracing::debug!(error = %e, "no IPv6 route dump");
-                    Vec::new()
-                }
-                Err(e) => return Err(nl_error("dump routes", e)),
-            };
-            for m in routes {
-                if route_table(&m) != u32::from(RouteHeader::RT_TABLE_MAIN)
-                    || u8::from(m.header.protocol) != ROUTE_PROTOCOL
-                {
-                    continue;
-                }
-                match parse_route(&m, &names) {
-                    Some(route) => {
-                        state.routes.insert(route.dst, route);
-                    }
-                    None => tracing::debug!(?m, "route with our protocol in a shape we never install; left alone"),
-                }
-            }
+            let dump = self.handle.route().get(query).execute().try_collect().await;
+            decode_routes(family, dump, &names, &mut state)?;
         }
+        state.stray_routes.sort();
 
         if let Some(vx) = vxlan {
             let index = vx.header.index;
@@ -615,6 +733,7 @@ impl Kernel for NetlinkKernel {
                 None => Ok(()),
             },
             Change::EnsureTunl0 => self.ensure_tunl0().await,
+            Change::SetOwner { dev, owned } => self.set_owner(dev, *owned).await,
             Change::SetLink { dev, mtu, mac, up } => self.set_link_attrs(dev, *mtu, *mac, *up).await,
             Change::AddAddress { dev, address } => self.address(dev, *address, true).await,
             Change::DelAddress { dev, address } => self.address(dev, *address, false).await,
@@ -624,6 +743,14 @@ impl Kernel for NetlinkKernel {
             Change::DelFdb(f) => self.fdb(f, false).await,
             Change::AddRoute(r) | Change::UpdateRoute(r) => self.route(r, true).await,
             Change::DelRoute(r) => self.route(r, false).await,
+            Change::DelStrayRoute(r) => gone_ok(
+                self.handle
+                    .route()
+                    .del(stray_route_message(r))
+                    .execute()
+                    .await
+                    .map_err(|e| nl_error(format!("del route {} table {}", r.dst, r.table), e)),
+            ),
         }
     }
 
@@ -737,3 +864,6 @@ pub fn watch_file(path: std::path::PathBuf, interval: std::time::Duration, tx: m
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
