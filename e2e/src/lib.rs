@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod cni;
 pub mod error;
 pub mod netns;
+pub mod operator;
 pub mod pod;
 pub mod probe;
 pub mod topology;

@@ -5,9 +5,10 @@
 //! kernel has, applies the diff and syncs the rest, and reports what it did. Nothing is
 //! remembered between passes, so a pass after a crash, an edit or drift is the same code path.
 //! [`run`] repeats passes on two triggers: a periodic resync (catches anything) and netlink
-//! notifications (links, our routes, permanent neighbours, FDB) debounced by ~100 ms so a burst
-//! — including the echo of our own changes — costs one pass, and deleting a route or the
-//! VXLAN device out of band is corrected within a fraction of a second.
+//! notifications (links, our routes, neighbours/FDB entries and addresses on our marked
+//! devices, our nftables table; see [`crate::kernel::netlink::subscribe`]) debounced by
+//! ~100 ms so a burst — including the echo of our own changes — costs one pass, and drift of
+//! any of these is corrected within a fraction of a second, not at the next resync.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -386,6 +386,52 @@ fn refused_route_rolls_back_the_new_peers_neighbour_and_fdb() {
 
 #[test]
 #[ignore = "root: netlink in network namespaces"]
+fn rollback_keeps_the_neighbour_and_fdb_an_existing_route_still_uses() {
+    let ns = Netns::new("rollback-keep");
+    ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, TWO_PEERS)).await;
+    });
+    // Peer 2's neighbour and FDB entry vanish (drift); its block route stays.
+    ns.ip(&["neigh", "del", "10.244.2.0", "dev", VX]);
+    sh(
+        "ip",
+        &["netns", "exec", &ns.name, "bridge", "fdb", "del", "02:00:00:00:00:02", "dev", VX, "dst", "192.168.1.2"],
+    );
+    let report = ns.run(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        // Peer 2 gets a second block whose route the kernel refuses (not onlink, gateway on no
+        // subnet); the pass restores its neighbour and FDB entry for the first block too.
+        let mut d = desired(4096, TWO_PEERS);
+        let dst: IpNet = "10.244.2.64/26".parse().unwrap();
+        d.routes.insert(
+            dst,
+            Route {
+                dst,
+                kind: RouteKind::Unicast { gateway: "10.244.2.0".parse().unwrap(), dev: VX.into(), onlink: false },
+            },
+        );
+        let changes = diff(&kernel.read(VX).await.unwrap(), &d);
+        let kinds: Vec<&str> = changes.iter().map(Change::kind).collect();
+        assert_eq!(kinds, ["neighbour+", "fdb+", "route+"], "{changes:#?}");
+        apply(&kernel, &changes).await
+    });
+    assert_eq!(report.failed.len(), 1, "{:#?}", report.failed);
+    assert!(report.rolled_back.is_empty(), "{:#?}", report.rolled_back);
+    // The existing route to peer 2 still has what it needs.
+    assert_eq!(
+        ns.neighbours(),
+        vec![("10.244.2.0".into(), "02:00:00:00:00:02".into()), ("10.244.3.0".into(), "02:00:00:00:00:03".into())]
+    );
+    assert_eq!(
+        ns.fdb(),
+        vec![("02:00:00:00:00:02".into(), "192.168.1.2".into()), ("02:00:00:00:00:03".into(), "192.168.1.3".into())]
+    );
+    assert!(ns.our_routes().contains(&"10.244.2.0/26|10.244.2.0|vxlan.trellis|true|unicast".to_string()));
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
 fn capabilities_match_what_the_kernel_can_create() {
     let ns = Netns::new("caps");
     // Independent check: can iproute2 create an ipip device here? ("File exists" = the fallback
@@ -840,4 +886,81 @@ fn vm_foreign_tunl0_state_and_addresses_are_left_alone() {
     assert!(after.contains("inet 10.99.0.1/32") && !after.contains("10.244.1.0"), "{after}");
     assert!(!tunl0_up(&ns));
     assert!(ns.ip_json(&["link", "show", IPIP_DEVICE])[0].get("ifalias").is_none());
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
+fn reconcile_loop_repairs_neighbour_fdb_address_and_nft_drift_on_events() {
+    let ns = Netns::new("drift2");
+    let name = ns.name.clone();
+    let passes: Passes = ns.run(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let events = netlink::subscribe().unwrap();
+        let mut d = desired(4096, TWO_PEERS);
+        let pools: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap()];
+        d.nat = trellis_agent::desired::NatPlan { nat_sources: pools.clone(), all_pools: pools };
+        let mut source = Fixed(d);
+        // Resync five minutes away: within the test only notifications can repair drift.
+        let options = LoopOptions { resync_interval: Duration::from_secs(300), ..LoopOptions::default() };
+        let stop = tokio::sync::Notify::new();
+        let passes: std::cell::RefCell<Passes> = Default::default();
+        let record = |t: Trigger, r: &Result<reconcile::PassReport, reconcile::ReconcileError>| {
+            passes.borrow_mut().push((t, r.as_ref().unwrap().counts()));
+        };
+        // `cmd args` in the namespace: (success, stdout).
+        let exec = |cmd: &str, args: &[&str]| {
+            let mut full = vec!["netns", "exec", name.as_str(), cmd];
+            full.extend_from_slice(args);
+            let out = Command::new("ip").args(&full).output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let run = |cmd: &str, args: &[&str]| assert!(exec(cmd, args).0, "{cmd} {args:?}");
+        let neighbour = |ip: &str| exec("ip", &["neigh", "show", ip, "dev", VX, "nud", "permanent"]).1;
+        let fdb = || exec("bridge", &["fdb", "show", "dev", VX]).1;
+        let address = || exec("ip", &["-4", "addr", "show", "dev", VX]).1;
+        let nft_table = || exec("nft", &["list", "table", "inet", "trellis"]).0;
+        let driver = async {
+            eventually("initial pass", || {
+                neighbour("10.244.3.0").contains("lladdr") && fdb().contains("dst 192.168.1.3") && nft_table()
+            })
+            .await;
+            // A permanent neighbour is deleted, another changed.
+            run("ip", &["neigh", "del", "10.244.2.0", "dev", VX]);
+            eventually("neighbour restored", || neighbour("10.244.2.0").contains("02:00:00:00:00:02")).await;
+            run(
+                "ip",
+                &["neigh", "replace", "10.244.3.0", "lladdr", "02:00:00:00:99:99", "dev", VX, "nud", "permanent"],
+            );
+            eventually("neighbour corrected", || neighbour("10.244.3.0").contains("02:00:00:00:00:03")).await;
+            // An FDB entry is deleted.
+            run("bridge", &["fdb", "del", "02:00:00:00:00:03", "dev", VX, "dst", "192.168.1.3"]);
+            eventually("fdb restored", || fdb().contains("02:00:00:00:00:03 dst 192.168.1.3")).await;
+            // The tunnel address is deleted.
+            run("ip", &["addr", "del", "10.244.1.0/32", "dev", VX]);
+            eventually("address restored", || address().contains("inet 10.244.1.0/32")).await;
+            // The NAT table is deleted.
+            run("nft", &["delete", "table", "inet", "trellis"]);
+            eventually("nft table restored", nft_table).await;
+            stop.notify_one();
+        };
+        tokio::join!(
+            reconcile::run(
+                &kernel,
+                &mut source,
+                &reconcile::SystemHost,
+                options,
+                Some(events),
+                stop.notified(),
+                record
+            ),
+            driver
+        );
+        passes.take()
+    });
+    assert_eq!(passes[0].0, Trigger::Start);
+    // Every repair came from a notification (no resync, no retry).
+    assert!(passes[1..].iter().all(|(t, _)| *t == Trigger::KernelEvent), "{passes:?}");
+    for kind in ["neighbour+", "neighbour~", "fdb+", "address+", "nat"] {
+        assert!(passes[1..].iter().any(|(_, c)| c.contains_key(kind)), "no event-driven {kind} repair: {passes:?}");
+    }
 }

@@ -1,13 +1,32 @@
-//! trellis-operator: the cluster reconciler. The Kubernetes controllers arrive with the
-//! roadmap's "operator and agent on the Kubernetes API" issue; today the binary only reports
-//! the API it serves so that packaging and the workspace are in place.
+//! trellis-operator: the cluster reconciler. Everything lives in the library (`run`), so tests
+//! can run the operator in-process; this is arguments, logging and a shutdown signal.
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    tracing::info!(
-        group = trellis_api::GROUP,
-        version = trellis_api::VERSION,
-        "trellis-operator: controllers not implemented yet"
-    );
-    anyhow::bail!("trellis-operator has no controllers yet (see ROADMAP: operator on the Kubernetes API)")
+use clap::Parser;
+use trellis_operator::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::parse();
+    trellis_operator::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM (the kubelet's stop) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

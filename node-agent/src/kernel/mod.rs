@@ -14,6 +14,7 @@
 
 pub mod caps;
 pub mod netlink;
+pub mod nft_events;
 pub mod sysctl;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -227,7 +228,8 @@ impl ApplyReport {
 /// Applies `changes` in order. A failure does not stop the batch (independent changes still
 /// converge; dependent ones fail on their own and are reported). A *new* peer whose route was
 /// refused leaves no half state behind: the neighbour and FDB entries this batch added for it
-/// are removed again, unless another route through the same gateway made it in.
+/// are removed again — unless a route in the kernel (added now or before) still goes through
+/// that neighbour, or another neighbour still resolves to that FDB entry's MAC.
 pub async fn apply<K: Kernel>(kernel: &K, changes: &[Change]) -> ApplyReport {
     apply_refusing(kernel, changes, Vec::new()).await
 }
@@ -269,7 +271,7 @@ fn via(route: &Route) -> Option<(&str, IpAddr)> {
 }
 
 async fn rollback_half_added_peers<K: Kernel>(kernel: &K, report: &mut ApplyReport) {
-    let failed_gateways: BTreeSet<(String, IpAddr)> = report
+    let refused: BTreeSet<(String, IpAddr)> = report
         .failed
         .iter()
         .filter_map(|f| match &f.change {
@@ -277,34 +279,36 @@ async fn rollback_half_added_peers<K: Kernel>(kernel: &K, report: &mut ApplyRepo
             _ => None,
         })
         .collect();
-    if failed_gateways.is_empty() {
-        return;
-    }
-    let working_gateways: BTreeSet<(String, IpAddr)> = report
+    // Neighbours this batch added for a gateway whose new route was refused.
+    let added: Vec<Neighbour> = report
         .applied
         .iter()
         .filter_map(|c| match c {
-            Change::AddRoute(route) | Change::UpdateRoute(route) => via(route).map(|(d, g)| (d.to_string(), g)),
+            Change::AddNeighbour(n) if refused.contains(&(n.dev.clone(), n.ip)) => Some(n.clone()),
             _ => None,
         })
         .collect();
+    let devices: BTreeSet<&str> = added.iter().map(|n| n.dev.as_str()).collect();
     let mut undo = Vec::new();
-    for (dev, gateway) in failed_gateways.difference(&working_gateways) {
-        let added_neighbour: Option<&Neighbour> = report.applied.iter().find_map(|c| match c {
-            Change::AddNeighbour(n) if n.dev == *dev && n.ip == *gateway => Some(n),
-            _ => None,
-        });
-        let Some(neighbour) = added_neighbour else { continue };
-        undo.push(Change::DelNeighbour(neighbour.clone()));
-        let mac: MacAddr = neighbour.mac;
-        for c in &report.applied {
-            if let Change::AddFdb(fdb) = c
-                && fdb.dev == *dev
-                && fdb.mac == mac
-            {
-                undo.push(Change::DelFdb(fdb.clone()));
+    for dev in devices {
+        // What still needs them is in the kernel now (routes from before this batch included).
+        let after = match kernel.read(dev).await {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::error!(dev, %error, "cannot read the kernel back; half-added peers stay until the next pass");
+                continue;
             }
-        }
+        };
+        let fdb: Vec<FdbEntry> = report
+            .applied
+            .iter()
+            .filter_map(|c| match c {
+                Change::AddFdb(f) if f.dev == dev => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        let neighbours: Vec<Neighbour> = added.iter().filter(|n| n.dev == dev).cloned().collect();
+        undo.extend(rollback_plan(&after, &neighbours, &fdb));
     }
     for change in undo {
         match kernel.apply_one(&change).await {
@@ -318,6 +322,29 @@ async fn rollback_half_added_peers<K: Kernel>(kernel: &K, report: &mut ApplyRepo
             }
         }
     }
+}
+
+/// What to remove again after a batch (pure): of the `neighbours` and `fdb` entries the batch
+/// added, a neighbour that no route in `after` (the kernel once the batch ran) goes through,
+/// and an FDB entry whose MAC no remaining neighbour on its device resolves to. Everything a
+/// working route still needs stays — also routes that existed before the batch.
+pub fn rollback_plan(after: &KernelState, neighbours: &[Neighbour], fdb: &[FdbEntry]) -> Vec<Change> {
+    let used: BTreeSet<(&str, IpAddr)> = after.routes.values().filter_map(via).collect();
+    let unused: Vec<&Neighbour> = neighbours.iter().filter(|n| !used.contains(&(n.dev.as_str(), n.ip))).collect();
+    let kept_macs: BTreeSet<(&str, MacAddr)> = after
+        .neighbours
+        .iter()
+        .filter(|n| !unused.iter().any(|u| u.dev == n.dev && u.ip == n.ip))
+        .map(|n| (n.dev.as_str(), n.mac))
+        .collect();
+    let mut undo: Vec<Change> = unused.iter().map(|n| Change::DelNeighbour((*n).clone())).collect();
+    for entry in fdb {
+        let orphaned = unused.iter().any(|n| n.dev == entry.dev && n.mac == entry.mac);
+        if orphaned && !kept_macs.contains(&(entry.dev.as_str(), entry.mac)) {
+            undo.push(Change::DelFdb(entry.clone()));
+        }
+    }
+    undo
 }
 
 /// A kernel that records changes and can be told to refuse some: for unit tests of the
@@ -543,6 +570,28 @@ mod tests {
         assert_eq!(report.failed.len(), 2);
         assert!(report.rolled_back.is_empty(), "{:?}", report.rolled_back);
         assert_eq!(kernel.state.borrow().neighbours.len(), 2);
+    }
+
+    #[test]
+    fn rollback_keeps_what_an_existing_route_or_neighbour_still_needs() {
+        let peer2 = neighbour("10.244.2.0", "02:00:00:00:00:02");
+        let peer2_fdb = fdb("02:00:00:00:00:02", "192.168.1.2");
+        // Peer 2's first block was routed before the batch; peer 4's MAC is also peer 5's.
+        let mut after = KernelState::default();
+        after.routes.insert("10.244.2.0/26".parse().unwrap(), route("10.244.2.0/26", "10.244.2.0"));
+        let peer4 = neighbour("10.244.4.0", "02:00:00:00:00:44");
+        let peer5 = neighbour("10.244.5.0", "02:00:00:00:00:44");
+        let shared_fdb = fdb("02:00:00:00:00:44", "192.168.1.4");
+        after.neighbours = vec![peer2.clone(), peer4.clone(), peer5];
+        let undo = rollback_plan(&after, &[peer2, peer4.clone()], &[peer2_fdb, shared_fdb]);
+        assert_eq!(undo, vec![Change::DelNeighbour(peer4)]);
+
+        // Nothing else needs peer 6: neighbour and FDB go.
+        let peer6 = neighbour("10.244.6.0", "02:00:00:00:00:06");
+        let peer6_fdb = fdb("02:00:00:00:00:06", "192.168.1.6");
+        after.neighbours.push(peer6.clone());
+        let undo = rollback_plan(&after, std::slice::from_ref(&peer6), std::slice::from_ref(&peer6_fdb));
+        assert_eq!(undo, vec![Change::DelNeighbour(peer6), Change::DelFdb(peer6_fdb)]);
     }
 
     #[test]

@@ -804,41 +804,82 @@ impl LinkProbe for NetlinkKernel {
     }
 }
 
-/// Something changed that may need a pass: in the kernel (a link, one of our routes, a permanent
-/// neighbour or an FDB entry) or, from [`watch_file`], in the snapshot file.
+/// Something changed that may need a pass: in the kernel (a link, one of our routes, a
+/// neighbour, FDB entry or address on one of our devices, our nftables table) or, from
+/// [`watch_file`], in the snapshot file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelEvent;
 
-fn relevant(message: &RouteNetlinkMessage) -> bool {
-    match message {
-        RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => true,
-        RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
-            u8::from(r.header.protocol) == ROUTE_PROTOCOL
+/// Indexes of the links carrying Trellis' owner mark, kept up to date from link notifications,
+/// so that neighbour and address notifications can be narrowed to our devices (ARP/ND churn
+/// on the uplink and pod veths is constant and none of our business).
+#[derive(Debug, Default)]
+pub struct OwnedLinks(std::collections::BTreeSet<u32>);
+
+impl OwnedLinks {
+    /// Learns from a link message (a dump entry or a notification).
+    pub fn observe(&mut self, message: &RouteNetlinkMessage) {
+        match message {
+            RouteNetlinkMessage::NewLink(l) if owner_marked(l) => {
+                self.0.insert(l.header.index);
+            }
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                self.0.remove(&l.header.index);
+            }
+            _ => {}
         }
-        // ARP/ND churn on the uplink is constant; only permanent entries and FDB are ours.
-        RouteNetlinkMessage::DelNeighbour(n) => {
-            n.header.state == NeighbourState::Permanent || n.header.family == AddressFamily::Bridge
+    }
+
+    /// Whether a notification may mean drift of what Trellis owns.
+    pub fn relevant(&self, message: &RouteNetlinkMessage) -> bool {
+        match message {
+            RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => true,
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+                u8::from(r.header.protocol) == ROUTE_PROTOCOL
+            }
+            // Neighbours and FDB entries (family AF_BRIDGE) alike; a deletion does not carry
+            // the entry's old state, so the device decides.
+            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+                self.0.contains(&n.header.ifindex)
+            }
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => self.0.contains(&a.header.index),
+            _ => false,
         }
-        _ => false,
     }
 }
 
-/// Subscribes to link, IPv4/IPv6 route and neighbour notifications of the calling thread's
-/// network namespace (call inside a tokio runtime). Each relevant notification becomes one
-/// [`KernelEvent`]; the reconcile loop debounces them.
+/// Subscribes to link, IPv4/IPv6 route, neighbour and address notifications of the calling
+/// thread's network namespace and to changes of the nftables table `inet trellis` (call inside
+/// a tokio runtime). Each relevant notification becomes one [`KernelEvent`]; the reconcile
+/// loop debounces them.
 pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, KernelError> {
-    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route, MulticastGroup::Neigh];
-    let (connection, _handle, mut messages) =
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+        MulticastGroup::Neigh,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+    ];
+    let (connection, handle, mut messages) =
         rtnetlink::new_multicast_connection(&groups).map_err(KernelError::Socket)?;
     tokio::spawn(connection);
     let (tx, rx) = mpsc::unbounded_channel();
+    super::nft_events::subscribe(crate::nat::TABLE, tx.clone())?;
     tokio::spawn(async move {
+        // The devices that exist already; notifications keep the set current from here on
+        // (the subscription came first, so nothing in between is missed).
+        let mut owned = OwnedLinks::default();
+        match handle.link().get().execute().try_collect::<Vec<LinkMessage>>().await {
+            Ok(links) => links.into_iter().for_each(|l| owned.observe(&RouteNetlinkMessage::NewLink(l))),
+            Err(error) => tracing::warn!(%error, "cannot list links; our devices are learnt from notifications"),
+        }
         while let Some((message, _)) = messages.next().await {
-            if let NetlinkPayload::InnerMessage(inner) = &message.payload
-                && relevant(inner)
-                && tx.send(KernelEvent).is_err()
-            {
-                break;
+            if let NetlinkPayload::InnerMessage(inner) = &message.payload {
+                owned.observe(inner);
+                if owned.relevant(inner) && tx.send(KernelEvent).is_err() {
+                    break;
+                }
             }
         }
     });

@@ -157,3 +157,47 @@ fn stray_route_delete_request_names_table_type_metric_and_no_next_hop() {
     assert_eq!(route_metric(&m), Some(5));
     assert!(!m.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_))));
 }
+
+fn link(index: u32, alias: Option<&str>) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    if let Some(alias) = alias {
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+    }
+    m
+}
+
+fn neighbour_on(ifindex: u32) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.ifindex = ifindex;
+    m
+}
+
+fn address_on(index: u32) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.index = index;
+    m
+}
+
+#[test]
+fn neighbour_and_address_notifications_count_only_on_our_marked_devices() {
+    let mut owned = OwnedLinks::default();
+    owned.observe(&RouteNetlinkMessage::NewLink(link(VX_INDEX, Some(OWNER_ALIAS))));
+    owned.observe(&RouteNetlinkMessage::NewLink(link(2, None)));
+    // A deleted neighbour or FDB entry carries no "permanent" state: the device decides.
+    assert!(owned.relevant(&RouteNetlinkMessage::DelNeighbour(neighbour_on(VX_INDEX))));
+    assert!(owned.relevant(&RouteNetlinkMessage::NewNeighbour(neighbour_on(VX_INDEX))));
+    assert!(owned.relevant(&RouteNetlinkMessage::DelAddress(address_on(VX_INDEX))));
+    // ARP churn and address changes on the uplink are not ours.
+    assert!(!owned.relevant(&RouteNetlinkMessage::DelNeighbour(neighbour_on(2))));
+    assert!(!owned.relevant(&RouteNetlinkMessage::NewAddress(address_on(2))));
+    // Routes count by protocol, links always.
+    let mut ours = message("10.244.2.0/26", MAIN, OURS, RouteType::Unicast);
+    assert!(owned.relevant(&RouteNetlinkMessage::DelRoute(ours.clone())));
+    ours.header.protocol = RouteProtocol::from(STATIC);
+    assert!(!owned.relevant(&RouteNetlinkMessage::DelRoute(ours)));
+    assert!(owned.relevant(&RouteNetlinkMessage::NewLink(link(2, None))));
+    // The mark removed (or the device gone): no longer ours.
+    owned.observe(&RouteNetlinkMessage::NewLink(link(VX_INDEX, None)));
+    assert!(!owned.relevant(&RouteNetlinkMessage::DelNeighbour(neighbour_on(VX_INDEX))));
+}

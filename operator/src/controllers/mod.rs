@@ -1,0 +1,66 @@
+//! The controllers. Each module has `run(ctx, stop)`, which builds a kube-runtime `Controller`
+//! and drives it until `stop` (shutdown or lost leadership), a `reconcile(obj, ctx) ->
+//! Result<Action>` and an `error_policy`. [`run`] starts them all; add a new controller there.
+
+pub mod installation;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+
+use crate::{Context, Error, Stop};
+
+/// Runs every controller until `stop` completes.
+pub async fn run(ctx: Arc<Context>, stop: Stop) {
+    futures::join!(installation::run(ctx.clone(), stop.clone()),);
+}
+
+/// Consumes a controller's result stream: logs each outcome (the runtime already scheduled the
+/// retry through `error_policy`).
+pub async fn drive<K, S>(name: &'static str, results: S)
+where
+    K: kube::Resource + Debug,
+    K::DynamicType: Debug + Eq + std::hash::Hash + Clone,
+    S: Stream<Item = Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>>,
+{
+    results
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, action)) => tracing::debug!(controller = name, object = %obj, ?action, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                    tracing::warn!(controller = name, object = %obj, error = %e, "reconcile failed")
+                }
+                Err(e) => tracing::warn!(controller = name, error = %e, "controller"),
+            }
+        })
+        .await;
+    tracing::info!(controller = name, "controller stopped");
+}
+
+/// Times a reconcile and counts it (and its failure) in the metrics.
+pub async fn measured<F>(name: &'static str, ctx: &Context, reconcile: F) -> Result<Action, Error>
+where
+    F: std::future::Future<Output = Result<Action, Error>>,
+{
+    let start = Instant::now();
+    let result = reconcile.await;
+    ctx.metrics.reconciled(name, start.elapsed());
+    if let Err(e) = &result {
+        ctx.metrics.failed(name, e);
+    }
+    result
+}
+
+/// The retry every controller uses after a failed reconcile: soon for transient API errors,
+/// not at all for a replica that stopped leading (its controllers are being stopped).
+pub fn retry_after(error: &Error) -> Action {
+    match error {
+        Error::NotLeader => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
