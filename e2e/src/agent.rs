@@ -83,7 +83,17 @@ fn log_filter() -> String {
     std::env::var("TRELLIS_AGENT_LOG").unwrap_or_else(|_| "info,trellis_agent=debug".to_string())
 }
 
-/// A long-running `trellis-agent apply` in a node's namespace; stopped on drop.
+/// Settings of a `trellis-agent run` (the DaemonSet's environment).
+#[derive(Clone, Debug)]
+pub struct ClusterAgent {
+    pub kubeconfig: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub ipam_data_dir: PathBuf,
+    pub health_addr: std::net::SocketAddr,
+    pub resync_secs: u64,
+}
+
+/// A long-running `trellis-agent apply` or `run` in a node's namespace; stopped on drop.
 #[derive(Debug)]
 pub struct AgentProcess {
     child: Option<Child>,
@@ -109,6 +119,30 @@ impl AgentProcess {
             .stderr(err)
             .spawn()
             .map_err(|source| Error::Spawn { command: cmd::render(&bin, &args), source })?;
+        Ok(AgentProcess { child: Some(child), node: node.to_string(), log: log.to_path_buf() })
+    }
+
+    /// Starts `trellis-agent run` (Kubernetes mode) in `ns` as node `node`, configured through
+    /// the DaemonSet's environment variables, logging to `log`.
+    pub fn start_in_cluster(ns: &str, node: &str, cluster: &ClusterAgent, log: &Path) -> Result<AgentProcess> {
+        let bin = binary()?;
+        let bin = bin.to_string_lossy();
+        let file = File::create(log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
+        let err = file.try_clone().map_err(|e| Error::io("dup log file", e))?;
+        let child = cmd::ns_command(ns, &bin)
+            .arg("run")
+            .env("RUST_LOG", log_filter())
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("NODE_NAME", node)
+            .env("TRELLIS_CNI_CONF_DIR", &cluster.cni_conf_dir)
+            .env("TRELLIS_IPAM_DATA_DIR", &cluster.ipam_data_dir)
+            .env("TRELLIS_HEALTH_ADDR", cluster.health_addr.to_string())
+            .env("TRELLIS_RESYNC_INTERVAL", cluster.resync_secs.to_string())
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| Error::Spawn { command: cmd::render(&bin, &["run"]), source })?;
         Ok(AgentProcess { child: Some(child), node: node.to_string(), log: log.to_path_buf() })
     }
 

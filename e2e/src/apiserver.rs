@@ -104,6 +104,12 @@ impl ApiServer {
         let path = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()).ok_or(ApiError::NoKubeconfig)?;
         // KUBECONFIG may be a list; the test bed writes exactly one file.
         let kubeconfig = std::env::split_paths(&path).next().ok_or(ApiError::NoKubeconfig)?;
+        Self::from_kubeconfig(&kubeconfig).await
+    }
+
+    /// Connects to the server a kubeconfig file points at (e.g. a test's private server).
+    pub async fn from_kubeconfig(kubeconfig: &Path) -> Result<Self> {
+        let kubeconfig = kubeconfig.to_path_buf();
         let file = Kubeconfig::read_from(&kubeconfig)
             .map_err(|e| ApiError::Kubeconfig { path: kubeconfig.clone(), detail: e.to_string() })?;
         let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())

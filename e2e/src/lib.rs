@@ -5,12 +5,15 @@
 //! per node, and [`probe`] observes packets, captures and counters.
 //!
 //! Control plane: [`apiserver`] connects to the real API server `make test-root` starts, applies
-//! the generated CRDs and drives objects from YAML (kube-rs and the real kubectl).
+//! the generated CRDs and drives objects from YAML (kube-rs and the real kubectl); [`kapi`] is a
+//! test's own server (stoppable), [`forward`] makes it reachable inside a node's namespace.
 pub mod agent;
 pub mod apiserver;
 pub mod cmd;
 pub mod cni;
 pub mod error;
+pub mod forward;
+pub mod kapi;
 pub mod netns;
 pub mod operator;
 pub mod pod;

@@ -8,6 +8,7 @@
 pub mod cni;
 pub mod desired;
 pub mod diff;
+pub mod k8s;
 pub mod kernel;
 pub mod nat;
 pub mod plan;

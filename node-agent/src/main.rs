@@ -3,8 +3,12 @@
 //! `plan` shows what the agent would do on this host (desired state + diff) without changing
 //! anything; `apply` does it, once or as a loop (periodic resync + netlink events) until
 //! SIGTERM/SIGINT. Both act on the network namespace they run in (`ip netns exec NODE ...`).
+//! `run` is the in-cluster mode: the snapshot comes from the Kubernetes API (see
+//! [`trellis_agent::k8s`]); every setting is a flag and an environment variable, so the
+//! DaemonSet sets them through `env`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,6 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use trellis_agent::desired::{Capabilities, DesiredState};
+use trellis_agent::k8s::agent::{self as k8s_agent, AgentConfig};
 use trellis_agent::kernel::netlink::{self, NetlinkKernel};
 use trellis_agent::kernel::{Kernel, caps};
 use trellis_agent::reconcile::{self, LoopOptions, PassReport, SnapshotSource, SystemHost};
@@ -51,6 +56,29 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         resync_interval: u64,
     },
+    /// Run on a Kubernetes cluster (KUBECONFIG, then in-cluster config): watch IPPools,
+    /// IPAMBlocks, NodeNetworks and the Installation, keep this node's data plane converged,
+    /// publish its NodeNetwork and report what it applied.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This node's name (the DaemonSet sets it from the downward API, spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where the CNI conflist is written.
+    #[arg(long, env = "TRELLIS_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// host-local IPAM's data directory (written into the conflist).
+    #[arg(long, env = "TRELLIS_IPAM_DATA_DIR", default_value = "/var/lib/cni/networks")]
+    ipam_data_dir: PathBuf,
+    /// Address of the /healthz, /readyz and /metrics endpoints.
+    #[arg(long, env = "TRELLIS_HEALTH_ADDR", default_value = "0.0.0.0:9099")]
+    health_addr: SocketAddr,
+    /// Seconds between full resyncs (kernel events and cluster changes trigger passes in between).
+    #[arg(long, env = "TRELLIS_RESYNC_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    resync_interval: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -146,7 +174,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plan { snapshot, output } => plan(snapshot, output).await,
         Command::Apply { snapshot, once, resync_interval } => apply(snapshot, once, resync_interval).await,
+        Command::Run(args) => run_in_cluster(args).await,
     }
+}
+
+async fn run_in_cluster(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = AgentConfig {
+        node_name: args.node_name,
+        cni_conf_dir: args.cni_conf_dir,
+        ipam_data_dir: args.ipam_data_dir,
+        health_addr: args.health_addr,
+        resync_interval: Duration::from_secs(args.resync_interval),
+    };
+    k8s_agent::run(config, shutdown_signal()?).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+    })
 }
 
 async fn plan(path: PathBuf, output: Output) -> anyhow::Result<ExitCode> {
@@ -199,14 +252,7 @@ async fn apply(path: PathBuf, once: bool, resync_interval: u64) -> anyhow::Resul
     }
     netlink::watch_file(source.path.clone(), Duration::from_millis(500), tx);
     let options = LoopOptions { resync_interval: Duration::from_secs(resync_interval.max(1)), ..Default::default() };
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-        }
-    };
+    let shutdown = shutdown_signal()?;
     reconcile::run(&kernel, &mut source, &SystemHost, options, Some(events), shutdown, |_, _| {}).await;
     Ok(ExitCode::SUCCESS)
 }
