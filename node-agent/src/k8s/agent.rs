@@ -311,7 +311,10 @@ impl ClusterSide {
             Err(e) => return tracing::warn!(error = %e, "NodeNetwork not published"),
         };
         let json = serde_json::to_value(&object).ok();
-        if json.is_some() && self.published == json {
+        // Re-published when it changed, and when it is gone from the cluster (deleted by hand
+        // or by a garbage collector while the Node was briefly absent).
+        let exists = self.stores.node_networks.state().iter().any(|nn| nn.metadata.name == object.metadata.name);
+        if json.is_some() && self.published == json && exists {
             return;
         }
         match node_network::publish(&self.node_networks, &object).await {
