@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::EncapMode;
 use crate::installation::{Encapsulation, InstallationPool, InstallationSpec, NatOutgoing, NetworkSpec};
-use crate::ip_pool::IPPoolSpec;
+use crate::ip_pool::{DEFAULT_ALLOWED_USES, IPPoolSpec};
 
 /// The pool Calico creates when the Installation names none.
 pub const DEFAULT_IPV4_POOL: &str = "192.168.0.0/16";
@@ -50,14 +50,20 @@ pub fn installation_pool(pool: &InstallationPool) -> InstallationPool {
 }
 
 /// The Installation spec with every default filled in: one IPv4 pool 192.168.0.0/16 only when
-/// no pool is given at all.
+/// no pool is given at all. Written in Trellis' spelling: a `calicoNetwork` /
+/// `nodeAddressAutodetectionV4` spec comes back as `network` / `nodeAddressAutodetection`
+/// ([`InstallationSpec::network`]).
 pub fn installation(spec: &InstallationSpec) -> InstallationSpec {
-    let network = spec.network.clone().unwrap_or_default();
+    let network = spec.network();
     let pools = match network.ip_pools.as_deref() {
         Some(pools) if !pools.is_empty() => pools.iter().map(installation_pool).collect(),
         _ => vec![installation_pool(&InstallationPool { cidr: DEFAULT_IPV4_POOL.to_string(), ..Default::default() })],
     };
-    InstallationSpec { network: Some(NetworkSpec { ip_pools: Some(pools), ..network }), ..spec.clone() }
+    InstallationSpec {
+        network: Some(NetworkSpec { ip_pools: Some(pools), ..network }),
+        calico_network: None,
+        ..spec.clone()
+    }
 }
 
 /// Calico's modes for an Installation encapsulation: (ipipMode, vxlanMode).
@@ -83,6 +89,7 @@ pub fn ip_pool_from_installation(pool: &InstallationPool) -> IPPoolSpec {
         nat_outgoing: Some(pool.nat_outgoing == Some(NatOutgoing::Enabled)),
         node_selector: pool.node_selector,
         disabled: Some(false),
+        ..Default::default()
     })
 }
 
@@ -109,12 +116,21 @@ pub fn ip_pool(spec: &IPPoolSpec) -> IPPoolSpec {
         nat_outgoing: Some(spec.nat_outgoing.unwrap_or(false)),
         node_selector: Some(spec.node_selector.clone().unwrap_or_else(|| ALL_NODES.to_string())),
         disabled: Some(spec.disabled.unwrap_or(false)),
+        allowed_uses: Some(match spec.allowed_uses.as_deref() {
+            None | Some([]) => DEFAULT_ALLOWED_USES.to_vec(),
+            Some(uses) => uses.to_vec(),
+        }),
+        // No default: Trellis runs no BGP, so the field would only suggest a meaning it lacks.
+        disable_bgp_export: spec.disable_bgp_export,
+        assignment_mode: Some(spec.assignment()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::installation::NodeAddressAutodetection;
+    use crate::ip_pool::{AllowedUse, AssignmentMode};
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -154,7 +170,7 @@ mod tests {
                     node_selector: None,
                 }]),
                 mtu: Some(1400),
-                node_address_autodetection: None,
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -165,6 +181,28 @@ mod tests {
         assert_eq!(pools[0].encapsulation, Some(Encapsulation::VxlanCrossSubnet));
         assert_eq!(pools[0].nat_outgoing, Some(NatOutgoing::Disabled));
         assert_eq!(pools[0].block_size, Some(24));
+    }
+
+    #[test]
+    fn computed_spec_uses_trellis_spelling() {
+        let method = NodeAddressAutodetection { interface: Some("eth1".into()), ..Default::default() };
+        let tigera = InstallationSpec {
+            calico_network: Some(NetworkSpec {
+                ip_pools: Some(vec![InstallationPool { cidr: "10.244.0.0/16".into(), ..Default::default() }]),
+                mtu: Some(1440),
+                node_address_autodetection_v4: Some(method.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let d = installation(&tigera);
+        assert_eq!(d.calico_network, None);
+        let network = d.network.unwrap();
+        assert_eq!(network.mtu, Some(1440));
+        assert_eq!(network.node_address_autodetection, Some(method));
+        assert_eq!(network.node_address_autodetection_v4, None);
+        assert_eq!(network.ip_pools.unwrap()[0].block_size, Some(26), "pools are defaulted as with spec.network");
+        assert_eq!(installation(&installation(&tigera)), installation(&tigera), "defaulting is idempotent");
     }
 
     #[test]
@@ -203,6 +241,11 @@ mod tests {
         assert_eq!(d.nat_outgoing, Some(false));
         assert_eq!(d.node_selector.as_deref(), Some("all()"));
         assert_eq!(d.disabled, Some(false));
+        assert_eq!(d.allowed_uses, Some(vec![AllowedUse::Workload, AllowedUse::Tunnel]));
+        assert_eq!(d.assignment_mode, Some(AssignmentMode::Automatic));
+        assert_eq!(d.disable_bgp_export, None, "no BGP, no default for it");
+        let empty_uses = ip_pool(&IPPoolSpec { allowed_uses: Some(vec![]), ..d.clone() });
+        assert_eq!(empty_uses, d, "an empty allowedUses means Calico's default");
         let explicit = IPPoolSpec {
             cidr: "10.1.0.0/16".into(),
             block_size: Some(28),
@@ -211,6 +254,9 @@ mod tests {
             nat_outgoing: Some(true),
             node_selector: Some("zone == 'a'".into()),
             disabled: Some(true),
+            allowed_uses: Some(vec![AllowedUse::Tunnel]),
+            disable_bgp_export: Some(true),
+            assignment_mode: Some(AssignmentMode::Manual),
         };
         assert_eq!(ip_pool(&explicit), explicit);
         assert_eq!(ip_pool(&d), d, "defaulting is idempotent");

@@ -1,9 +1,14 @@
 //! `Installation`: the cluster-wide configuration of Trellis (a singleton named `default`).
 //!
-//! Modelled on the Tigera operator's Installation (`spec.calicoNetwork` is `spec.network` here):
-//! the initial pools (`ipPools[]` with `encapsulation` and `natOutgoing` as Enabled/Disabled
-//! strings), the pod MTU and how nodes find their own address. The operator writes the defaulted
-//! spec to `status.computed`, so users see exactly what is in force.
+//! Modelled on the Tigera operator's Installation: the initial pools (`ipPools[]` with
+//! `encapsulation` and `natOutgoing` as Enabled/Disabled strings), the pod MTU and how nodes find
+//! their own address. Trellis calls the network section `spec.network` and the autodetection
+//! `nodeAddressAutodetection`; Tigera's names `spec.calicoNetwork` and
+//! `nodeAddressAutodetectionV4` are accepted as well (one spelling at a time, enforced at
+//! admission), so Tigera manifests apply with only the apiVersion changed. Code reads the
+//! network through [`InstallationSpec::network`], which folds both spellings into one, so neither
+//! is ever ignored. The operator writes the defaulted spec to `status.computed` (in Trellis'
+//! spelling), so users see exactly what is in force.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -27,10 +32,18 @@ use serde::{Deserialize, Serialize};
     doc = "Cluster-wide Trellis configuration; the only accepted name is 'default'."
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.network) && has(self.calicoNetwork))")
+    .message("spec.network and spec.calicoNetwork are the same setting (calicoNetwork is the Tigera operator's name for it): set only one of them")
+    .field_path(".calicoNetwork"))]
 pub struct InstallationSpec {
-    /// Pod network configuration.
+    /// Pod network configuration (`calicoNetwork`, the Tigera operator's name, is accepted
+    /// instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
+    /// The Tigera operator's name for `network`, accepted so that Tigera manifests apply
+    /// unchanged; set at most one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calico_network: Option<NetworkSpec>,
     /// Where the CNI plugin binaries and configuration live on the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniSpec>,
@@ -40,9 +53,12 @@ pub struct InstallationSpec {
     pub registry: Option<String>,
 }
 
-/// `spec.network`.
+/// `spec.network` (or `spec.calicoNetwork`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.nodeAddressAutodetection) && has(self.nodeAddressAutodetectionV4))")
+    .message("nodeAddressAutodetection and nodeAddressAutodetectionV4 are the same setting (V4 is the Tigera operator's name for it): set only one of them")
+    .field_path(".nodeAddressAutodetectionV4"))]
 pub struct NetworkSpec {
     /// Initial IP pools. Defaults to one IPv4 pool 192.168.0.0/16 when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,11 +67,19 @@ pub struct NetworkSpec {
     pub ip_pools: Option<Vec<InstallationPool>>,
     /// Pod MTU. Computed from the uplink MTU and the encapsulation when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 576 && self <= 9216").message("spec.network.mtu must be between 576 and 9216"))]
+    #[x_kube(validation = Rule::new("self >= 576 && self <= 9216").message("mtu must be between 576 and 9216"))]
     pub mtu: Option<i32>,
     /// How each node picks the address other nodes reach it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_address_autodetection: Option<NodeAddressAutodetection>,
+    /// The Tigera operator's name for `nodeAddressAutodetection` (a node's IPv4 address); set at
+    /// most one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_address_autodetection_v4: Option<NodeAddressAutodetection>,
+    /// The Tigera operator's IPv6 node address autodetection. Accepted and kept, but not used:
+    /// a Trellis node publishes one address, found by `nodeAddressAutodetection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_address_autodetection_v6: Option<NodeAddressAutodetection>,
 }
 
 /// One entry of `spec.network.ipPools`.
@@ -89,9 +113,13 @@ pub struct InstallationPool {
     /// Block prefix length (default 26 for IPv4, 122 for IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<i32>,
-    /// Which nodes get blocks from this pool (default `all()`).
+    /// Which nodes get blocks from this pool (Calico selector syntax; default `all()`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
+    #[x_kube(
+        validation = crate::selector::cel::grammar("ipPools[].nodeSelector"),
+        validation = crate::selector::cel::parentheses("ipPools[].nodeSelector"),
+    )]
     pub node_selector: Option<String>,
 }
 
@@ -116,12 +144,12 @@ pub enum NatOutgoing {
     Disabled,
 }
 
-/// `spec.network.nodeAddressAutodetection`: at most one method.
+/// `nodeAddressAutodetection` (or Tigera's `nodeAddressAutodetectionV4` / `V6`): at most one method.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
     "(has(self.firstFound) && self.firstFound ? 1 : 0) + (has(self.interface) ? 1 : 0) + (has(self.skipInterface) ? 1 : 0) + (has(self.canReach) ? 1 : 0) + (has(self.cidrs) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) <= 1"
-).message("spec.network.nodeAddressAutodetection: set at most one of firstFound, interface, skipInterface, canReach, cidrs, kubernetes"))]
+).message("node address autodetection: set at most one of firstFound, interface, skipInterface, canReach, cidrs, kubernetes"))]
 pub struct NodeAddressAutodetection {
     /// Use the first valid address on the first interface found (the default method).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,7 +169,7 @@ pub struct NodeAddressAutodetection {
     /// Use the first address inside one of these CIDRs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.network.nodeAddressAutodetection.cidrs must all be valid CIDRs"))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("cidrs must all be valid CIDRs"))]
     pub cidrs: Option<Vec<AutodetectCidr>>,
     /// Use the address Kubernetes reports for the Node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,13 +201,55 @@ pub struct CniSpec {
     pub conf_dir: Option<String>,
 }
 
+impl InstallationSpec {
+    /// The network configuration in force, whichever way it is spelled: `network`, else
+    /// `calicoNetwork` (admission allows only one of them), with `nodeAddressAutodetectionV4`
+    /// moved into `nodeAddressAutodetection` (again one of them). Everything that reads the
+    /// network configuration (defaults, operator, agent) goes through this.
+    pub fn network(&self) -> NetworkSpec {
+        let mut network = self.network.clone().or_else(|| self.calico_network.clone()).unwrap_or_default();
+        if network.node_address_autodetection.is_none() {
+            network.node_address_autodetection = network.node_address_autodetection_v4.take();
+        }
+        network
+    }
+
+    /// Settings Trellis accepts but does not act on, as messages for a status condition (empty
+    /// when there are none). The two "both set" cases only pass when admission was bypassed.
+    pub fn unsupported_fields(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.network.is_some() && self.calico_network.is_some() {
+            out.push(
+                "spec.calicoNetwork is ignored because spec.network is set: they are the same setting".to_string(),
+            );
+        }
+        let (name, network) = match (&self.network, &self.calico_network) {
+            (Some(n), _) => ("spec.network", n),
+            (None, Some(n)) => ("spec.calicoNetwork", n),
+            (None, None) => return out,
+        };
+        if network.node_address_autodetection.is_some() && network.node_address_autodetection_v4.is_some() {
+            out.push(format!(
+                "{name}.nodeAddressAutodetectionV4 is ignored because {name}.nodeAddressAutodetection is set: they are the same setting"
+            ));
+        }
+        if network.node_address_autodetection_v6.is_some() {
+            out.push(format!(
+                "{name}.nodeAddressAutodetectionV6 is not used: a Trellis node publishes one address, found by nodeAddressAutodetection (or nodeAddressAutodetectionV4)"
+            ));
+        }
+        out
+    }
+}
+
 /// Observed state of the Installation, written by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstallationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The spec with every default filled in: what is in force.
+    /// The spec with every default filled in: what is in force, in Trellis' spelling
+    /// (`network`, `nodeAddressAutodetection`) whichever spelling the spec used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computed: Option<InstallationSpec>,
     /// Effective pod MTU.
@@ -188,4 +258,68 @@ pub struct InstallationStatus {
     /// Ready, Progressing, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method(interface: &str) -> NodeAddressAutodetection {
+        NodeAddressAutodetection { interface: Some(interface.into()), ..Default::default() }
+    }
+
+    fn mtu(mtu: i32) -> NetworkSpec {
+        NetworkSpec { mtu: Some(mtu), ..Default::default() }
+    }
+
+    #[test]
+    fn network_reads_either_spelling() {
+        let trellis = InstallationSpec { network: Some(mtu(1400)), ..Default::default() };
+        let tigera = InstallationSpec { calico_network: Some(mtu(1400)), ..Default::default() };
+        assert_eq!(trellis.network(), mtu(1400));
+        assert_eq!(tigera.network(), mtu(1400));
+        assert_eq!(InstallationSpec::default().network(), NetworkSpec::default());
+        // Only reachable when admission was bypassed: `network` wins, and it is reported.
+        let both = InstallationSpec { network: Some(mtu(1400)), calico_network: Some(mtu(9000)), ..Default::default() };
+        assert_eq!(both.network(), mtu(1400));
+        assert_eq!(
+            both.unsupported_fields(),
+            ["spec.calicoNetwork is ignored because spec.network is set: they are the same setting"]
+        );
+    }
+
+    #[test]
+    fn v4_autodetection_is_the_autodetection() {
+        let v4 = NetworkSpec { node_address_autodetection_v4: Some(method("eth1")), ..Default::default() };
+        let spec = InstallationSpec { calico_network: Some(v4), ..Default::default() };
+        let network = spec.network();
+        assert_eq!(network.node_address_autodetection, Some(method("eth1")));
+        assert_eq!(network.node_address_autodetection_v4, None, "moved, not copied");
+        assert!(spec.unsupported_fields().is_empty());
+
+        let both = NetworkSpec {
+            node_address_autodetection: Some(method("eth0")),
+            node_address_autodetection_v4: Some(method("eth1")),
+            ..Default::default()
+        };
+        let spec = InstallationSpec { network: Some(both), ..Default::default() };
+        assert_eq!(spec.network().node_address_autodetection, Some(method("eth0")));
+        assert_eq!(
+            spec.unsupported_fields(),
+            [
+                "spec.network.nodeAddressAutodetectionV4 is ignored because spec.network.nodeAddressAutodetection is set: they are the same setting"
+            ]
+        );
+    }
+
+    #[test]
+    fn v6_autodetection_is_kept_and_reported() {
+        let v6 = NetworkSpec { node_address_autodetection_v6: Some(method("eth2")), ..Default::default() };
+        let spec = InstallationSpec { calico_network: Some(v6), ..Default::default() };
+        assert_eq!(spec.network().node_address_autodetection_v6, Some(method("eth2")));
+        assert_eq!(spec.network().node_address_autodetection, None);
+        let warnings = spec.unsupported_fields();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].starts_with("spec.calicoNetwork.nodeAddressAutodetectionV6 is not used"), "{warnings:?}");
+    }
 }

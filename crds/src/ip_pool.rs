@@ -2,7 +2,10 @@
 //!
 //! Calico's field names and semantics: `ipipMode` / `vxlanMode` (Never | Always | CrossSubnet, at
 //! most one enabled), `natOutgoing`, `blockSize` (per-node allocation unit), `nodeSelector`,
-//! `disabled` (no new allocations; existing blocks keep working). Everything that can be decided
+//! `disabled` (no new allocations; existing blocks keep working), and the fields Calico added
+//! later (`allowedUses`, `disableBGPExport`, `assignmentMode`), so Calico pool manifests apply
+//! with only the apiVersion changed. Fields whose meaning Trellis does not implement yet are
+//! accepted and reported by [`IPPoolSpec::unsupported_fields`]. Everything that can be decided
 //! from the object alone is a schema or CEL rule, so `kubectl apply` fails at admission with a
 //! message naming the field; checks that need other objects (overlaps) are the operator's.
 
@@ -57,6 +60,12 @@ use crate::EncapMode;
     validation = Rule::new(
         "!has(oldSelf.blockSize) || (has(self.blockSize) && self.blockSize == oldSelf.blockSize)"
     ).message("spec.blockSize is immutable: blocks are already carved out of the pool; create a new pool to change it").field_path(".blockSize").reason(Reason::FieldValueForbidden),
+    validation = Rule::new(
+        "!has(self.allowedUses) || !('LoadBalancer' in self.allowedUses) || self.allowedUses.all(u, u == 'LoadBalancer')"
+    ).message("spec.allowedUses: LoadBalancer cannot be combined with Workload or Tunnel (as in Calico): use a separate pool for load-balancer addresses").field_path(".allowedUses"),
+    validation = Rule::new(
+        "!has(self.allowedUses) || !('LoadBalancer' in self.allowedUses) || ((!has(self.ipipMode) || self.ipipMode == 'Never') && (!has(self.vxlanMode) || self.vxlanMode == 'Never'))"
+    ).message("spec.allowedUses: a LoadBalancer pool cannot use IP-in-IP or VXLAN (as in Calico): set ipipMode and vxlanMode to Never").field_path(".allowedUses"),
 )]
 pub struct IPPoolSpec {
     /// The pool's range in CIDR notation (IPv4 or IPv6), canonical (no host bits). Immutable.
@@ -84,14 +93,63 @@ pub struct IPPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_outgoing: Option<bool>,
 
-    /// Which nodes get blocks from this pool (Calico selector syntax; default `all()`).
+    /// Which nodes get blocks from this pool (Calico selector syntax, e.g. `all()`,
+    /// `kubernetes.io/os == 'linux' && has(node-role.kubernetes.io/worker)`; default `all()`).
+    /// Malformed selectors are rejected at admission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
+    #[x_kube(
+        validation = crate::selector::cel::grammar("spec.nodeSelector"),
+        validation = crate::selector::cel::parentheses("spec.nodeSelector"),
+    )]
     pub node_selector: Option<String>,
 
     /// No new allocations from this pool; existing blocks stay routed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
+
+    /// What the pool's addresses are for, as in Calico: Workload (pod addresses), Tunnel (node
+    /// tunnel addresses), LoadBalancer (Service addresses, not allocated by Trellis yet, and not
+    /// combinable with the others). Unset or empty means [Workload, Tunnel].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 3))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub allowed_uses: Option<Vec<AllowedUse>>,
+
+    /// Calico: do not advertise this pool's routes over BGP. Trellis runs no BGP, so no pool
+    /// route is advertised either way.
+    #[serde(rename = "disableBGPExport", default, skip_serializing_if = "Option::is_none")]
+    pub disable_bgp_export: Option<bool>,
+
+    /// Automatic (default): addresses are handed out from the pool without being asked for.
+    /// Manual (Calico): only explicit requests for the pool take addresses from it; Trellis has no
+    /// explicit requests yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_mode: Option<AssignmentMode>,
+}
+
+/// One of Calico's `allowedUses` of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum AllowedUse {
+    /// Pod addresses: the pool's node blocks become the CNI plugin's ranges on that node.
+    Workload,
+    /// Tunnel addresses: a node's IPIP/VXLAN device address may be taken from its block in this
+    /// pool. (Intended semantics for the planner, which today takes the tunnel address from the
+    /// node's lowest block whatever its pool: it must only consider blocks of pools that allow
+    /// Tunnel.)
+    Tunnel,
+    /// Addresses for Services of type LoadBalancer. Trellis does not allocate them yet.
+    LoadBalancer,
+}
+
+/// How addresses are handed out from a pool (Calico's `assignmentMode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum AssignmentMode {
+    /// Any allocation may take addresses from the pool.
+    #[default]
+    Automatic,
+    /// Only explicit requests for this pool take addresses from it.
+    Manual,
 }
 
 /// Observed state of an IP pool, written by the operator.
@@ -138,5 +196,150 @@ impl IPPoolSpec {
     /// The effective VXLAN mode.
     pub fn vxlan(&self) -> EncapMode {
         self.vxlan_mode.unwrap_or_default()
+    }
+
+    /// The effective allowed uses, sorted and without duplicates: `allowedUses`, or Calico's
+    /// default `[Workload, Tunnel]` when it is unset or empty.
+    pub fn uses(&self) -> Vec<AllowedUse> {
+        match self.allowed_uses.as_deref() {
+            None | Some([]) => DEFAULT_ALLOWED_USES.to_vec(),
+            Some(uses) => {
+                let mut uses = uses.to_vec();
+                uses.sort();
+                uses.dedup();
+                uses
+            }
+        }
+    }
+
+    /// The pool's node blocks give pod addresses (the CNI ranges).
+    pub fn allows_workload(&self) -> bool {
+        self.uses().contains(&AllowedUse::Workload)
+    }
+
+    /// A node's tunnel address may come from its block in this pool.
+    pub fn allows_tunnel(&self) -> bool {
+        self.uses().contains(&AllowedUse::Tunnel)
+    }
+
+    /// The pool is for Service LoadBalancer addresses (exclusive of the other uses).
+    pub fn allows_load_balancer(&self) -> bool {
+        self.uses().contains(&AllowedUse::LoadBalancer)
+    }
+
+    /// The effective assignment mode.
+    pub fn assignment(&self) -> AssignmentMode {
+        self.assignment_mode.unwrap_or_default()
+    }
+
+    /// Addresses may be handed out without an explicit request for this pool (Automatic). A
+    /// Manual pool gets no blocks and no CNI ranges until Trellis supports explicit requests.
+    pub fn assigns_automatically(&self) -> bool {
+        self.assignment() == AssignmentMode::Automatic
+    }
+
+    /// Settings Trellis accepts but does not act on (yet), as messages for the pool's status
+    /// condition and Event (empty when there are none).
+    pub fn unsupported_fields(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.allows_load_balancer() {
+            out.push(
+                "spec.allowedUses LoadBalancer: Trellis does not allocate Service LoadBalancer addresses yet; this pool gives none"
+                    .to_string(),
+            );
+        }
+        if let Some(disable) = self.disable_bgp_export {
+            out.push(format!(
+                "spec.disableBGPExport: {disable} has no effect: Trellis runs no BGP, so no pool route is advertised either way"
+            ));
+        }
+        if self.assignment() == AssignmentMode::Manual {
+            out.push(
+                "spec.assignmentMode Manual: Trellis has no explicit per-pod or per-service pool requests yet, so this pool hands out no addresses"
+                    .to_string(),
+            );
+        }
+        out
+    }
+}
+
+/// Calico's default `allowedUses`.
+pub const DEFAULT_ALLOWED_USES: [AllowedUse; 2] = [AllowedUse::Workload, AllowedUse::Tunnel];
+
+#[cfg(test)]
+mod tests {
+    use super::AllowedUse::{LoadBalancer, Tunnel, Workload};
+    use super::*;
+
+    fn pool(f: impl FnOnce(&mut IPPoolSpec)) -> IPPoolSpec {
+        let mut spec = IPPoolSpec { cidr: "10.0.0.0/16".into(), ..Default::default() };
+        f(&mut spec);
+        spec
+    }
+
+    #[test]
+    fn allowed_uses_default_to_workload_and_tunnel() {
+        /// allowedUses, uses(), and whether workload, tunnel, load balancer are allowed.
+        type Row = (Option<Vec<AllowedUse>>, &'static [AllowedUse], bool, bool, bool);
+        let table: &[Row] = &[
+            (None, &[Workload, Tunnel], true, true, false),
+            (Some(vec![]), &[Workload, Tunnel], true, true, false),
+            (Some(vec![Workload]), &[Workload], true, false, false),
+            (Some(vec![Tunnel]), &[Tunnel], false, true, false),
+            (Some(vec![Tunnel, Workload, Tunnel]), &[Workload, Tunnel], true, true, false),
+            (Some(vec![LoadBalancer]), &[LoadBalancer], false, false, true),
+        ];
+        for (given, uses, workload, tunnel, lb) in table {
+            let spec = pool(|p| p.allowed_uses = given.clone());
+            assert_eq!(spec.uses(), *uses, "{given:?}");
+            assert_eq!(
+                (spec.allows_workload(), spec.allows_tunnel(), spec.allows_load_balancer()),
+                (*workload, *tunnel, *lb),
+                "{given:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn assignment_defaults_to_automatic() {
+        assert!(pool(|_| {}).assigns_automatically());
+        assert!(pool(|p| p.assignment_mode = Some(AssignmentMode::Automatic)).assigns_automatically());
+        assert!(!pool(|p| p.assignment_mode = Some(AssignmentMode::Manual)).assigns_automatically());
+    }
+
+    #[test]
+    fn what_trellis_does_not_do_is_reported() {
+        assert!(pool(|_| {}).unsupported_fields().is_empty());
+        assert!(pool(|p| p.allowed_uses = Some(vec![Workload])).unsupported_fields().is_empty());
+        assert!(pool(|p| p.assignment_mode = Some(AssignmentMode::Automatic)).unsupported_fields().is_empty());
+        let table: &[(IPPoolSpec, &str)] = &[
+            (pool(|p| p.allowed_uses = Some(vec![LoadBalancer])), "spec.allowedUses LoadBalancer: "),
+            (pool(|p| p.disable_bgp_export = Some(true)), "spec.disableBGPExport: true has no effect"),
+            (pool(|p| p.disable_bgp_export = Some(false)), "spec.disableBGPExport: false has no effect"),
+            (pool(|p| p.assignment_mode = Some(AssignmentMode::Manual)), "spec.assignmentMode Manual: "),
+        ];
+        for (spec, want) in table {
+            let got = spec.unsupported_fields();
+            assert!(got.len() == 1 && got[0].starts_with(want), "{spec:?}: {got:?}");
+        }
+        let all = pool(|p| {
+            p.allowed_uses = Some(vec![LoadBalancer]);
+            p.disable_bgp_export = Some(true);
+            p.assignment_mode = Some(AssignmentMode::Manual);
+        });
+        assert_eq!(all.unsupported_fields().len(), 3);
+    }
+
+    #[test]
+    fn calico_field_names_on_the_wire() {
+        let spec = pool(|p| {
+            p.allowed_uses = Some(vec![Workload, Tunnel, LoadBalancer]);
+            p.disable_bgp_export = Some(true);
+            p.assignment_mode = Some(AssignmentMode::Manual);
+        });
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["allowedUses"], serde_json::json!(["Workload", "Tunnel", "LoadBalancer"]));
+        assert_eq!(json["disableBGPExport"], true);
+        assert_eq!(json["assignmentMode"], "Manual");
     }
 }

@@ -173,6 +173,14 @@ fn spec_json(pool: &IPPool) -> Value {
     serde_json::to_value(&pool.spec).unwrap()
 }
 
+/// Each field of `expected` has that value in the pool's spec (fields not named are not checked).
+fn assert_fields(pool: &IPPool, expected: Value) {
+    let spec = spec_json(pool);
+    for (k, v) in expected.as_object().unwrap() {
+        assert_eq!(&spec[k], v, "IPPool {:?} spec.{k}: {spec}", pool.metadata.name);
+    }
+}
+
 fn condition<'a>(
     inst: &'a Installation,
     type_: &str,
@@ -220,20 +228,20 @@ async fn installation_creates_pools_daemonset_and_rbac() -> Result<()> {
 
     // Pools: Calico's names for the first of each family, the CIDR for the others.
     let p = bed.pool("default-ipv4-ippool").await?;
-    assert_eq!(
-        spec_json(&p),
+    assert_fields(
+        &p,
         json!({"cidr": "10.96.0.0/16", "blockSize": 26, "ipipMode": "Never", "vxlanMode": "Always",
-               "natOutgoing": true, "nodeSelector": "all()", "disabled": false})
+               "natOutgoing": true, "nodeSelector": "all()", "disabled": false}),
     );
     assert_eq!(
         p.metadata.labels.as_ref().and_then(|l| l.get("trellis.dev/created-by")).map(String::as_str),
         Some("installation")
     );
     let p = bed.pool("ipv4-ippool-10-97-0-0-16").await?;
-    assert_eq!(
-        spec_json(&p),
+    assert_fields(
+        &p,
         json!({"cidr": "10.97.0.0/16", "blockSize": 24, "ipipMode": "Never", "vxlanMode": "Never",
-               "natOutgoing": false, "nodeSelector": "all()", "disabled": false})
+               "natOutgoing": false, "nodeSelector": "all()", "disabled": false}),
     );
     let p = bed.pool("default-ipv6-ippool").await?;
     assert_eq!(spec_json(&p)["blockSize"], 122);
@@ -604,5 +612,91 @@ async fn leader_failover_between_two_operator_processes() -> Result<()> {
     })
     .await?;
     drop(c);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "root: needs the test bed's API server (make test-root)"]
+async fn overlapping_installation_pools_are_refused_with_a_reason() -> Result<()> {
+    let _one = SINGLETON.lock().await;
+    let bed = Bed::new().await?;
+    bed.apply_installation(json!({"network": {"ipPools": [{"cidr": "10.0.0.0/8"}, {"cidr": "10.244.0.0/16"}]}}))?;
+    let _op = bed.operator("op-a", &["--no-leader-election"])?;
+    let inst = bed.reconciled().await?;
+    let degraded = condition(&inst, "Degraded").context("no Degraded")?;
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidConfiguration"));
+    ensure!(degraded.message.contains("10.0.0.0/8 and 10.244.0.0/16 overlap"), "{degraded:?}");
+    assert_eq!(condition(&inst, "Ready").map(|c| c.status.as_str()), Some("False"));
+    bed.wait_event("InvalidConfiguration", "overlap").await?;
+    // Nothing half-applied: no pool, no DaemonSet.
+    let pools = bed.pools().list(&ListParams::default().labels(CREATED_BY)).await?;
+    ensure!(pools.items.is_empty(), "pools created from an invalid Installation: {:?}", pools.items);
+    ensure!(bed.daemon_sets().get_opt(AGENT).await?.is_none(), "DaemonSet applied for an invalid Installation");
+
+    // Fixed: everything follows, and Degraded clears.
+    bed.apply_installation(json!({"network": {"ipPools": [{"cidr": "10.244.0.0/16"}]}}))?;
+    let inst = bed.reconciled().await?;
+    assert_eq!(condition(&inst, "Degraded").map(|c| c.status.as_str()), Some("False"));
+    bed.pool("default-ipv4-ippool").await?;
+    ensure!(bed.daemon_sets().get_opt(AGENT).await?.is_some(), "no DaemonSet after the fix");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "root: needs the test bed's API server (make test-root)"]
+async fn effective_mtu_is_the_installation_value_else_the_smallest_node_mtu() -> Result<()> {
+    let _one = SINGLETON.lock().await;
+    let bed = Bed::new().await?;
+    bed.apply_installation(json!({"network": {"ipPools": [{"cidr": "10.103.0.0/16"}]}}))?;
+    let _op = bed.operator("op-a", &["--no-leader-election"])?;
+    bed.reconciled().await?;
+
+    // Two nodes whose agents report their MTU (the test bed plays the agents).
+    let mut guards = Vec::new();
+    for (i, mtu) in [(1, 1450), (2, 1201)] {
+        let name = unique_name(&format!("mtu-node{i}"));
+        let node = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n");
+        let nn = format!(
+            "apiVersion: trellis.dev/v1\nkind: NodeNetwork\nmetadata:\n  name: {name}\nspec:\n  address: 10.0.9.{i}/24\n"
+        );
+        for manifest in [&node, &nn] {
+            guards.push(bed.api.cleanup(manifest)?);
+            bed.api.create_yaml(manifest, trellis_e2e::apiserver::FieldValidation::Strict, false).await?;
+        }
+        bed.api.merge_patch_status(&nn, &json!({"status": {"mtu": mtu}})).await?;
+    }
+    let all = Api::<trellis_api::NodeNetwork>::all(bed.api.client());
+    let expected = wait_for("status.mtu = the smallest NodeNetwork MTU", WAIT, || async {
+        let smallest = all
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .iter()
+            .filter_map(|n| n.status.as_ref()?.mtu)
+            .min();
+        let inst = bed.installations().get("default").await.map_err(|e| e.to_string())?;
+        let mtu = inst.status.as_ref().and_then(|s| s.mtu);
+        if mtu.is_some() && mtu == smallest {
+            Ok(mtu)
+        } else {
+            Err(format!("status {mtu:?}, smallest node {smallest:?}"))
+        }
+    })
+    .await?;
+    ensure!(expected <= Some(1201), "our 1201 is not the minimum: {expected:?}");
+
+    bed.kubectl(&[
+        "patch",
+        "installation",
+        "default",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"network":{"mtu":1300}}}"#,
+    ])?;
+    let inst = bed.reconciled().await?;
+    assert_eq!(inst.status.as_ref().and_then(|s| s.mtu), Some(1300), "the Installation's MTU wins");
+    drop(guards);
     Ok(())
 }

@@ -106,6 +106,24 @@ mod tests {
     }
 
     #[test]
+    fn help_lists_every_option() {
+        use clap::CommandFactory;
+        let help = Config::command().render_long_help().to_string();
+        for option in [
+            "--namespace",
+            "--agent-image",
+            "--leader-election",
+            "--no-leader-election",
+            "--lease-name",
+            "--lease-duration",
+            "--identity",
+            "--health-addr",
+        ] {
+            assert!(help.contains(option), "{option} missing from --help:\n{help}");
+        }
+    }
+
+    #[test]
     fn explicit_identity_wins() {
         let c = Config::try_parse_from(["trellis-operator", "--identity", "replica-a"]).unwrap();
         assert_eq!(c.identity(), "replica-a");

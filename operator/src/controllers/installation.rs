@@ -451,7 +451,7 @@ mod tests {
                     cidrs.iter().map(|c| InstallationPool { cidr: c.to_string(), ..Default::default() }).collect(),
                 ),
                 mtu,
-                node_address_autodetection: None,
+                ..Default::default()
             }),
             ..Default::default()
         })
