@@ -27,7 +27,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use trellis_api::NodeNetwork;
 
 use super::autodetect::{self, Facts, Method};
-use super::cluster_snapshot::{LocalIdentity, Settings, installation_network, snapshot_from_cluster};
+use super::cluster_snapshot::{LocalIdentity, Settings, snapshot_from_cluster};
 use super::health;
 use super::metrics::Metrics;
 use super::node_network;
@@ -269,10 +269,10 @@ impl ClusterSide {
 
     async fn build(&self, node: Option<&Node>) -> Result<super::cluster_snapshot::ClusterSnapshot, String> {
         let installation = self.stores.installation();
-        let spec = installation
-            .as_deref()
-            .and_then(|i| installation_network(&i.spec))
-            .and_then(|n| n.node_address_autodetection.as_ref());
+        // Either spelling (`network` / Tigera's `calicoNetwork`, `nodeAddressAutodetection` /
+        // `nodeAddressAutodetectionV4`).
+        let network = installation.as_deref().map(|i| i.spec.network());
+        let spec = network.as_ref().and_then(|n| n.node_address_autodetection.as_ref());
         let method = Method::from_spec(spec).map_err(|e| e.to_string())?;
         let interfaces = super::host::interfaces().await.map_err(|e| e.to_string())?;
         let mut facts = Facts::default();
