@@ -1,18 +1,22 @@
 # Trellis: build and test. `make test` runs everything (as root on Debian 12, see README).
 #
 # Test layers (each test says which one it needs):
-#   pure    `cargo test` as any user: planner, diff, defaults, rendering.
+#   pure    `cargo test` as any user: planner, diff, defaults, rendering; the Helm chart
+#           rendered, linted and schema-checked by real Helm v4 (`make test-helm`).
 #   root    #[ignore = "root: ..."] tests: network namespaces, netlink, nftables, the real API
-#           server (kube-apiserver-lite, started here; its KUBECONFIG is exported).
+#           server (kube-apiserver-lite, started here; its KUBECONFIG is exported), and the
+#           chart's helm install/upgrade/uninstall against it (e2e/helm/test_release.py).
 #   vm      tests named `vm_*` (#[ignore]): kernel features the host lacks (ipip), run inside
 #           a throw-away VM with a full Debian kernel (e2e/testbed/kernel-vm).
 SHELL := /bin/bash
 KAPI := $(CURDIR)/e2e/testbed/kube-apiserver-lite
 KVM := $(CURDIR)/e2e/testbed/kernel-vm
 CARGO ?= cargo
+# The Helm tests call libhelm through PyPI's helm-python-sdk (.ci/run installs it with pytest).
+PYTEST ?= python3 -m pytest
 export KAPI_STATE ?= /tmp/trellis-kapi-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 
-.PHONY: all build test lint test-pure test-root test-vm crds apiserver-start apiserver-stop clean
+.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean
 
 all: build
 
@@ -24,12 +28,16 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 crds:
-	$(CARGO) run -q -p trellis-api --bin crdgen -- crds/yaml
+	$(CARGO) run -q -p trellis-api --bin crdgen -- crds/yaml charts/trellis/crds
 
 test: lint test-pure test-root test-vm
 
-test-pure:
+test-pure: test-helm
 	$(CARGO) test --workspace
+
+# The chart offline: strict lint, rendering with default and custom values, the schema's refusals.
+test-helm:
+	$(PYTEST) -q -p no:cacheprovider e2e/helm/test_chart.py
 
 # The API server gets a state dir of its own per checkout (two checkouts can test at once) and
 # starts with an empty etcd; the trap stops it however the tests end, and their status is kept.
@@ -39,7 +47,8 @@ test-root: build
 	  trap '$(KAPI) stop' EXIT; trap 'exit 130' INT TERM; \
 	  KUBECONFIG=$$($(KAPI) restart); export KUBECONFIG; \
 	  echo "test-root: API server up, KUBECONFIG=$$KUBECONFIG"; \
-	  $(CARGO) test --workspace -- --ignored --skip vm_
+	  $(CARGO) test --workspace -- --ignored --skip vm_; \
+	  $(PYTEST) -q -p no:cacheprovider e2e/helm/test_release.py
 
 # For working by hand: `eval $$(make -s apiserver-start)`, then `cargo test -p ... -- --ignored`.
 apiserver-start:

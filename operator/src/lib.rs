@@ -12,8 +12,11 @@ pub mod conditions;
 pub mod config;
 pub mod controllers;
 pub mod health;
+pub mod ipam;
+pub mod ippool;
 pub mod lease;
 pub mod metrics;
+pub mod pool_view;
 pub mod pools;
 pub mod render;
 

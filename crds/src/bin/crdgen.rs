@@ -1,24 +1,30 @@
-//! Writes the CRD manifests: `crdgen [DIR]` (default `crds/yaml`), or `crdgen -` to print all.
+//! Writes the CRD manifests: `crdgen [DIR...]` (default `crds/yaml`), the same files into each
+//! directory (`make crds` writes crds/yaml and the Helm chart's charts/trellis/crds), or
+//! `crdgen -` to print all.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
 fn main() -> anyhow::Result<()> {
-    let arg = std::env::args().nth(1).unwrap_or_else(|| "crds/yaml".to_string());
-    if arg == "-" {
+    let mut dirs: Vec<String> = std::env::args().skip(1).collect();
+    if dirs.is_empty() {
+        dirs.push("crds/yaml".to_string());
+    }
+    if dirs == ["-"] {
         for (_, crd) in trellis_api::crdgen::all() {
             print!("---\n{}", trellis_api::crdgen::render(&crd)?);
         }
         return Ok(());
     }
-    let dir = PathBuf::from(arg);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (file, crd) in trellis_api::crdgen::all() {
-        let path = dir.join(file);
-        std::fs::write(&path, trellis_api::crdgen::render(&crd)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    for dir in dirs.iter().map(PathBuf::from) {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (file, crd) in trellis_api::crdgen::all() {
+            let path = dir.join(file);
+            std::fs::write(&path, trellis_api::crdgen::render(&crd)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }

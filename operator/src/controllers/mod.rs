@@ -3,6 +3,8 @@
 //! Result<Action>` and an `error_policy`. [`run`] starts them all; add a new controller there.
 
 pub mod installation;
+pub mod ipam;
+pub mod ippool;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -17,7 +19,11 @@ use crate::{Context, Error, Stop};
 
 /// Runs every controller until `stop` completes.
 pub async fn run(ctx: Arc<Context>, stop: Stop) {
-    futures::join!(installation::run(ctx.clone(), stop.clone()),);
+    futures::join!(
+        installation::run(ctx.clone(), stop.clone()),
+        ipam::run(ctx.clone(), stop.clone()),
+        ippool::run(ctx.clone(), stop.clone()),
+    );
 }
 
 /// Consumes a controller's result stream: logs each outcome (the runtime already scheduled the

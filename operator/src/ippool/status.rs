@@ -1,0 +1,272 @@
+//! An IPPool's status from what the operator knows about it: READY n/m and the conditions
+//! `Ready`, `Progressing`, `Degraded`, `CIDROverlap` and `BlocksExhausted`, with reasons and
+//! messages a user can act on.
+
+use crate::conditions::{DEGRADED, Desired, PROGRESSING, READY};
+
+/// The pool overlaps an older pool and is not used.
+pub const CIDR_OVERLAP: &str = "CIDROverlap";
+/// Selected nodes are left without a block because the pool has none free.
+pub const BLOCKS_EXHAUSTED: &str = "BlocksExhausted";
+use super::convergence::Convergence;
+
+/// Everything the status of one pool depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolFacts {
+    pub generation: i64,
+    pub cidr: String,
+    pub block_prefix: u8,
+    /// The older pool this one overlaps, if any (then this one is not used).
+    pub overlaps: Option<String>,
+    /// Why the nodeSelector could not be parsed.
+    pub selector_error: Option<String>,
+    /// Selected nodes without a block of this pool because none is free.
+    pub starved: Vec<String>,
+    pub convergence: Convergence,
+}
+
+/// The status fields the IPPool controller owns (`transition` is not among them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatusView {
+    pub observed_generation: i64,
+    pub nodes_selected: i32,
+    pub nodes_converged: i32,
+    /// `converged/selected`, the READY column.
+    pub ready: String,
+    pub conditions: Vec<Desired>,
+}
+
+/// How many names a message lists before it says "and N more".
+const LISTED: usize = 5;
+
+fn listed(names: &[String]) -> String {
+    let mut out = names.iter().take(LISTED).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > LISTED {
+        out.push_str(&format!(" and {} more", names.len() - LISTED));
+    }
+    out
+}
+
+fn count(n: usize) -> String {
+    format!("{n} node{}", if n == 1 { "" } else { "s" })
+}
+
+/// The status of one pool.
+pub fn pool_status(facts: &PoolFacts) -> PoolStatusView {
+    let c = &facts.convergence;
+    let selected = i32::try_from(c.selected).unwrap_or(i32::MAX);
+    let converged = i32::try_from(c.converged).unwrap_or(i32::MAX);
+    let generation = facts.generation;
+
+    let overlap = match &facts.overlaps {
+        Some(older) => Desired::new(
+            CIDR_OVERLAP,
+            true,
+            "OverlapsOlderPool",
+            format!(
+                "{} overlaps IPPool {older}, which is older; no blocks are allocated from this pool \
+                 until one of the two is changed or deleted",
+                facts.cidr
+            ),
+        ),
+        None => Desired::new(CIDR_OVERLAP, false, "NoOverlap", "the CIDR overlaps no older pool"),
+    };
+    let exhausted = if facts.starved.is_empty() {
+        Desired::new(BLOCKS_EXHAUSTED, false, "BlocksAvailable", "every selected node has a block")
+    } else {
+        Desired::new(
+            BLOCKS_EXHAUSTED,
+            true,
+            "NoFreeBlock",
+            format!(
+                "no free /{} block left in {} for {} without one: {}; add a pool or delete unused nodes",
+                facts.block_prefix,
+                facts.cidr,
+                count(facts.starved.len()),
+                listed(&facts.starved)
+            ),
+        )
+    };
+
+    let errors: Vec<String> = c.errors.iter().map(|(n, e)| format!("{n}: {e}")).collect();
+    let problems: Vec<(&str, String)> = [
+        facts.overlaps.as_ref().map(|_| ("CIDROverlap", overlap.message.clone())),
+        facts.selector_error.as_ref().map(|e| ("InvalidNodeSelector", format!("spec.nodeSelector: {e}"))),
+        (!facts.starved.is_empty()).then(|| ("BlocksExhausted", exhausted.message.clone())),
+        (!errors.is_empty())
+            .then(|| ("NodeErrors", format!("{} report errors: {}", count(errors.len()), listed(&errors)))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let degraded = match problems.first() {
+        Some((reason, _)) => Desired::new(
+            DEGRADED,
+            true,
+            *reason,
+            problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; "),
+        ),
+        None => Desired::new(DEGRADED, false, "AsExpected", "no problems"),
+    };
+
+    let progressing = if c.lagging.is_empty() {
+        Desired::new(
+            PROGRESSING,
+            false,
+            "NothingPending",
+            format!("no selected node is still applying generation {generation}"),
+        )
+    } else {
+        Desired::new(
+            PROGRESSING,
+            true,
+            "NodesApplying",
+            format!(
+                "{converged}/{selected} selected nodes applied generation {generation}; waiting for {}",
+                listed(&c.lagging)
+            ),
+        )
+    };
+
+    let usable = facts.overlaps.is_none() && facts.selector_error.is_none();
+    let ready = if !usable {
+        let (reason, message) = problems.first().cloned().unwrap_or(("NotUsable", String::new()));
+        Desired::new(READY, false, reason, message)
+    } else if selected == 0 {
+        Desired::new(READY, true, "NoNodesSelected", "the nodeSelector selects no node")
+    } else if converged == selected {
+        Desired::new(
+            READY,
+            true,
+            "AllNodesApplied",
+            format!("all {} selected applied generation {generation}", count(c.selected)),
+        )
+    } else {
+        let reason = if !facts.starved.is_empty() {
+            "BlocksExhausted"
+        } else if !c.errors.is_empty() {
+            "NodeErrors"
+        } else {
+            "NodesApplying"
+        };
+        Desired::new(
+            READY,
+            false,
+            reason,
+            format!("{converged}/{selected} selected nodes applied generation {generation}"),
+        )
+    };
+
+    PoolStatusView {
+        observed_generation: generation,
+        nodes_selected: selected,
+        nodes_converged: converged,
+        ready: format!("{converged}/{selected}"),
+        conditions: vec![ready, progressing, degraded, overlap, exhausted],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(selected: usize, converged: usize) -> PoolFacts {
+        PoolFacts {
+            generation: 4,
+            cidr: "10.0.0.0/16".into(),
+            block_prefix: 26,
+            convergence: Convergence {
+                selected,
+                converged,
+                lagging: (converged..selected).map(|i| format!("n{i}")).collect(),
+                errors: vec![],
+            },
+            ..Default::default()
+        }
+    }
+
+    fn cond<'a>(s: &'a PoolStatusView, type_: &str) -> &'a Desired {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    /// (case, facts, ready column, Ready, its reason, Progressing, Degraded, its reason)
+    type Row = (&'static str, PoolFacts, &'static str, bool, &'static str, bool, bool, &'static str);
+
+    #[test]
+    fn status_follows_overlap_selector_exhaustion_and_convergence() {
+        let rows: Vec<Row> = vec![
+            ("all converged", facts(3, 3), "3/3", true, "AllNodesApplied", false, false, "AsExpected"),
+            ("some applying", facts(3, 1), "1/3", false, "NodesApplying", true, false, "AsExpected"),
+            ("no nodes selected", facts(0, 0), "0/0", true, "NoNodesSelected", false, false, "AsExpected"),
+            (
+                "overlap wins over everything",
+                PoolFacts { overlaps: Some("old".into()), ..facts(2, 0) },
+                "0/2",
+                false,
+                "CIDROverlap",
+                true,
+                true,
+                "CIDROverlap",
+            ),
+            (
+                "bad selector",
+                PoolFacts { selector_error: Some("unexpected character '!'".into()), ..facts(0, 0) },
+                "0/0",
+                false,
+                "InvalidNodeSelector",
+                false,
+                true,
+                "InvalidNodeSelector",
+            ),
+            (
+                "exhausted",
+                PoolFacts { starved: vec!["n2".into()], ..facts(3, 2) },
+                "2/3",
+                false,
+                "BlocksExhausted",
+                true,
+                true,
+                "BlocksExhausted",
+            ),
+            (
+                "a node error",
+                PoolFacts {
+                    convergence: Convergence {
+                        selected: 2,
+                        converged: 1,
+                        lagging: vec![],
+                        errors: vec![("n1".into(), "no ipip module".into())],
+                    },
+                    ..facts(2, 1)
+                },
+                "1/2",
+                false,
+                "NodeErrors",
+                false,
+                true,
+                "NodeErrors",
+            ),
+        ];
+        for (name, f, column, ready, ready_reason, progressing, degraded, degraded_reason) in rows {
+            let s = pool_status(&f);
+            assert_eq!(s.ready, column, "{name}");
+            assert_eq!(s.observed_generation, 4, "{name}");
+            assert_eq!((cond(&s, "Ready").status, cond(&s, "Ready").reason.as_str()), (ready, ready_reason), "{name}");
+            assert_eq!(cond(&s, "Progressing").status, progressing, "{name}");
+            assert_eq!(
+                (cond(&s, "Degraded").status, cond(&s, "Degraded").reason.as_str()),
+                (degraded, degraded_reason),
+                "{name}"
+            );
+            assert_eq!(cond(&s, "CIDROverlap").status, f.overlaps.is_some(), "{name}");
+            assert_eq!(cond(&s, "BlocksExhausted").status, !f.starved.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_older_pool_and_the_waiting_nodes() {
+        let s = pool_status(&PoolFacts { overlaps: Some("default-ipv4".into()), ..facts(7, 0) });
+        assert!(cond(&s, "CIDROverlap").message.contains("overlaps IPPool default-ipv4"));
+        assert!(cond(&s, "Progressing").message.ends_with("waiting for n0, n1, n2, n3, n4 and 2 more"));
+    }
+}
