@@ -18,8 +18,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use trellis_agent::desired::{Capabilities, DesiredState};
 use trellis_agent::k8s::agent::{self as k8s_agent, AgentConfig};
+use trellis_agent::kernel::caps;
 use trellis_agent::kernel::netlink::{self, NetlinkKernel};
-use trellis_agent::kernel::{Kernel, caps};
 use trellis_agent::reconcile::{self, LoopOptions, PassReport, SnapshotSource, SystemHost};
 use trellis_agent::snapshot::Snapshot;
 
@@ -218,9 +218,8 @@ async fn apply(path: PathBuf, once: bool, resync_interval: u64) -> anyhow::Resul
     // Fail early on an unreadable snapshot; later passes re-read it and report errors instead.
     let snapshot = Snapshot::from_file(&path)?;
     let kernel = NetlinkKernel::new()?.with_vxlan_device(&snapshot.vxlan.device);
-    let caps = kernel.capabilities().await;
-    tracing::info!(ipip = caps.ipip, vxlan = caps.vxlan, "kernel capabilities");
-    let mut source = SnapshotSource::new(path, caps);
+    // Tunnel support is probed on the first pass whose pools need it, not here.
+    let mut source = SnapshotSource::detecting(path);
     if once {
         let report = reconcile::pass(&kernel, &mut source, &SystemHost).await?;
         for (pool, error) in &report.pool_errors {

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::desired::{Capabilities, CniConfig, DesiredState, NatPlan};
 use crate::diff::{Change, Diff, diff, diff_with_conflicts};
+use crate::kernel::caps::{CapabilityCache, Needs};
 use crate::kernel::netlink::KernelEvent;
 use crate::kernel::{ApplyReport, ChangeFailure, Kernel, KernelError, apply_refusing};
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -68,17 +69,27 @@ impl Host for SystemHost {
 }
 
 /// The standalone source: a snapshot file, re-read on every pass (editing the file is how
-/// standalone mode gets live changes), planned against fixed capabilities.
+/// standalone mode gets live changes), planned against fixed capabilities or against what the
+/// kernel answers when a pool needs it ([`CapabilityCache`]).
 pub struct SnapshotSource {
     pub path: PathBuf,
-    pub caps: Capabilities,
+    /// Fixed capabilities; `None`: probed lazily (see [`crate::kernel::caps`]).
+    pub caps: Option<Capabilities>,
+    /// What the kernel answered so far (when `caps` is `None`).
+    pub detected: CapabilityCache,
     /// `vxlan.device` of the last snapshot read.
     pub vxlan_device: String,
 }
 
 impl SnapshotSource {
+    /// Plans against fixed capabilities.
     pub fn new(path: PathBuf, caps: Capabilities) -> Self {
-        Self { path, caps, vxlan_device: DEFAULT_VXLAN_DEVICE.to_string() }
+        Self { caps: Some(caps), ..Self::detecting(path) }
+    }
+
+    /// Probes the kernel for a tunnel kind only when a pool of the snapshot needs it.
+    pub fn detecting(path: PathBuf) -> Self {
+        Self { path, caps: None, detected: CapabilityCache::default(), vxlan_device: DEFAULT_VXLAN_DEVICE.to_string() }
     }
 }
 
@@ -86,7 +97,11 @@ impl<K: Kernel> DesiredSource<K> for SnapshotSource {
     async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError> {
         let snapshot = Snapshot::from_file(&self.path)?;
         self.vxlan_device = snapshot.vxlan.device.clone();
-        Ok(desired_from_snapshot(kernel, snapshot, self.caps).await?)
+        let caps = match self.caps {
+            Some(caps) => caps,
+            None => self.detected.detect(kernel, Needs::of(&snapshot.pools)).await,
+        };
+        Ok(desired_from_snapshot(kernel, snapshot, caps).await?)
     }
 
     fn vxlan_device(&self) -> &str {

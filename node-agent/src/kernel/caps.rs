@@ -7,8 +7,15 @@
 //! fallback device `tunl0` already has those parameters. Any error means "no" — a kernel without
 //! ipip (like the test host's) yields `ipip: false`, not a failure; the planner then reports the
 //! affected pools instead of programming them.
+//!
+//! The agent asks lazily ([`CapabilityCache`]): a tunnel kind is probed only on a pass whose
+//! pools need it, so a VXLAN-only cluster never runs `modprobe ipip` or creates an ipip probe
+//! device. A "yes" is kept; a "no" is asked again on the next pass that needs the kind (the
+//! module may have been installed or loaded since, without an agent restart).
 
 use crate::desired::{Capabilities, IPIP_DEVICE};
+use crate::kernel::Kernel;
+use crate::snapshot::Pool;
 
 /// A tunnel kind to probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +73,8 @@ fn probe_name(kind: TunnelKind) -> String {
     format!("trlp{tag}{}", std::process::id() % 1_000_000_000)
 }
 
-async fn supports<P: LinkProbe>(probe: &P, kind: TunnelKind, existing: &[&str]) -> bool {
+/// Whether the kernel can do `kind`; `existing` are devices whose existence proves it.
+pub async fn supports<P: LinkProbe>(probe: &P, kind: TunnelKind, existing: &[&str]) -> bool {
     for name in existing {
         if probe.link_exists(name).await {
             return true;
@@ -89,6 +97,69 @@ pub async fn detect<P: LinkProbe>(probe: &P, vxlan_device: &str) -> Capabilities
     Capabilities {
         ipip: supports(probe, TunnelKind::Ipip, &[IPIP_DEVICE]).await,
         vxlan: supports(probe, TunnelKind::Vxlan, &[vxlan_device]).await,
+    }
+}
+
+/// The tunnel kinds a set of pools needs (a pool with both modes enabled needs both: the
+/// planner refuses it, and the probe answer does not change that).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub ipip: bool,
+    pub vxlan: bool,
+}
+
+impl Needs {
+    pub fn of(pools: &[Pool]) -> Self {
+        Needs {
+            ipip: pools.iter().any(|p| p.ipip_mode.is_enabled()),
+            vxlan: pools.iter().any(|p| p.vxlan_mode.is_enabled()),
+        }
+    }
+}
+
+/// Capabilities learnt lazily (see the module comment). `None`: never probed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CapabilityCache {
+    pub ipip: Option<bool>,
+    pub vxlan: Option<bool>,
+}
+
+impl CapabilityCache {
+    fn slot(&mut self, kind: TunnelKind) -> &mut Option<bool> {
+        match kind {
+            TunnelKind::Ipip => &mut self.ipip,
+            TunnelKind::Vxlan => &mut self.vxlan,
+        }
+    }
+
+    /// The kinds to probe now: needed, and not known to work (never probed, or "no" last time).
+    pub fn to_probe(&self, needs: Needs) -> Vec<TunnelKind> {
+        [(TunnelKind::Ipip, needs.ipip, self.ipip), (TunnelKind::Vxlan, needs.vxlan, self.vxlan)]
+            .into_iter()
+            .filter(|&(_, needed, known)| needed && known != Some(true))
+            .map(|(kind, _, _)| kind)
+            .collect()
+    }
+
+    /// Remembers a probe's answer.
+    pub fn record(&mut self, kind: TunnelKind, supported: bool) {
+        *self.slot(kind) = Some(supported);
+    }
+
+    /// What the planner gets: what is known; a kind never probed (no pool needed it) reads as
+    /// unsupported — no pool depends on that answer.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities { ipip: self.ipip == Some(true), vxlan: self.vxlan == Some(true) }
+    }
+
+    /// Probes what `needs` requires (see [`Self::to_probe`]) and returns the capabilities.
+    pub async fn detect<K: Kernel>(&mut self, kernel: &K, needs: Needs) -> Capabilities {
+        for kind in self.to_probe(needs) {
+            let supported = kernel.supports(kind).await;
+            tracing::info!(kind = kind.module(), supported, "kernel capability probed");
+            self.record(kind, supported);
+        }
+        self.capabilities()
     }
 }
 
@@ -173,6 +244,44 @@ mod tests {
         });
         assert_eq!(caps, Capabilities { ipip: true, vxlan: true });
         assert!(created.is_empty());
+    }
+
+    #[test]
+    fn only_kinds_a_pool_needs_are_probed() {
+        let cache = CapabilityCache::default();
+        assert_eq!(cache.to_probe(Needs { ipip: false, vxlan: true }), vec![TunnelKind::Vxlan]);
+        assert_eq!(cache.to_probe(Needs { ipip: true, vxlan: false }), vec![TunnelKind::Ipip]);
+        assert!(cache.to_probe(Needs::default()).is_empty());
+        assert_eq!(cache.capabilities(), Capabilities { ipip: false, vxlan: false });
+    }
+
+    #[test]
+    fn a_yes_is_kept_and_a_no_is_asked_again() {
+        let mut cache = CapabilityCache::default();
+        let both = Needs { ipip: true, vxlan: true };
+        cache.record(TunnelKind::Vxlan, true);
+        cache.record(TunnelKind::Ipip, false);
+        assert_eq!(cache.to_probe(both), vec![TunnelKind::Ipip]);
+        assert_eq!(cache.capabilities(), Capabilities { ipip: false, vxlan: true });
+        cache.record(TunnelKind::Ipip, true);
+        assert!(cache.to_probe(both).is_empty());
+        assert_eq!(cache.capabilities(), Capabilities { ipip: true, vxlan: true });
+    }
+
+    #[test]
+    fn needs_follow_the_pools_modes() {
+        let pool = |ipip: &str, vxlan: &str| -> Pool {
+            serde_json::from_value(serde_json::json!({
+                "name": "p", "cidr": "10.244.0.0/16", "ipipMode": ipip, "vxlanMode": vxlan
+            }))
+            .unwrap()
+        };
+        assert_eq!(Needs::of(&[pool("Never", "Always")]), Needs { ipip: false, vxlan: true });
+        assert_eq!(
+            Needs::of(&[pool("Never", "Never"), pool("CrossSubnet", "Never")]),
+            Needs { ipip: true, vxlan: false }
+        );
+        assert_eq!(Needs::of(&[]), Needs::default());
     }
 
     #[test]

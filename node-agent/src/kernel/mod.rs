@@ -184,6 +184,15 @@ pub trait Kernel {
     async fn apply_one(&self, change: &Change) -> Result<(), KernelError>;
     /// What this kernel can do. Never fails: a probe that errors means "no".
     async fn capabilities(&self) -> Capabilities;
+    /// Whether this kernel can do one tunnel kind (probes only that kind; see
+    /// [`caps::CapabilityCache`] for when it is asked).
+    async fn supports(&self, kind: caps::TunnelKind) -> bool {
+        let all = self.capabilities().await;
+        match kind {
+            caps::TunnelKind::Ipip => all.ipip,
+            caps::TunnelKind::Vxlan => all.vxlan,
+        }
+    }
     /// MTU of a link (the uplink), to compute the tunnel MTU.
     async fn link_mtu(&self, name: &str) -> Result<u32, KernelError>;
     /// Reads a sysctl (`net.ipv4.ip_forward`) of this namespace.
@@ -371,6 +380,10 @@ pub(crate) mod fake {
         pub sysctls: RefCell<BTreeMap<String, String>>,
         /// VXLAN device names asked for by `read`.
         pub reads: RefCell<Vec<String>>,
+        /// Tunnel kinds asked for by `supports`.
+        pub probes: RefCell<Vec<caps::TunnelKind>>,
+        /// Answer of `supports` for IPIP (VXLAN: always yes).
+        pub ipip: std::cell::Cell<bool>,
     }
 
     impl Kernel for FakeKernel {
@@ -399,7 +412,12 @@ pub(crate) mod fake {
         }
 
         async fn capabilities(&self) -> Capabilities {
-            Capabilities { ipip: false, vxlan: true }
+            Capabilities { ipip: self.ipip.get(), vxlan: true }
+        }
+
+        async fn supports(&self, kind: caps::TunnelKind) -> bool {
+            self.probes.borrow_mut().push(kind);
+            kind == caps::TunnelKind::Vxlan || self.ipip.get()
         }
 
         async fn link_mtu(&self, _name: &str) -> Result<u32, KernelError> {

@@ -758,6 +758,14 @@ impl Kernel for NetlinkKernel {
         caps::detect(self, &self.vxlan_device).await
     }
 
+    async fn supports(&self, kind: TunnelKind) -> bool {
+        let existing = match kind {
+            TunnelKind::Ipip => IPIP_DEVICE,
+            TunnelKind::Vxlan => self.vxlan_device.as_str(),
+        };
+        caps::supports(self, kind, &[existing]).await
+    }
+
     async fn link_mtu(&self, name: &str) -> Result<u32, KernelError> {
         let link = self.link(name).await?.ok_or_else(|| KernelError::NoSuchDevice(name.to_string()))?;
         link_mtu(&link).ok_or_else(|| KernelError::NoSuchDevice(name.to_string()))

@@ -294,3 +294,37 @@ fn changes_that_do_not_stick_do_not_spin_the_loop_on_their_own_echo() {
         assert_eq!(millis, [0, 100, 200, 1200, 3200, 7200]);
     });
 }
+
+#[test]
+fn snapshot_source_probes_a_tunnel_kind_only_when_a_pool_needs_it_and_again_after_a_no() {
+    use crate::kernel::caps::TunnelKind::{Ipip, Vxlan};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshot.yaml");
+    let write = |mode: &str| {
+        let node = "{name: node1, address: 10.0.1.11/24, uplink: eth0, uplinkMtu: 1500, blocks: [10.244.0.0/26]}";
+        let pool = format!("{{name: p, cidr: 10.244.0.0/16, {mode}: Always}}");
+        std::fs::write(&path, format!("node: {node}\npools: [{pool}]\n")).unwrap();
+    };
+    let kernel = FakeKernel::default();
+    let mut source = SnapshotSource::detecting(path.clone());
+    let rt = rt();
+    let mut pool_error = || rt.block_on(source.desired(&kernel)).unwrap().pools[0].error.clone();
+
+    // VXLAN only: ipip is never probed (no modprobe ipip); the "yes" for VXLAN is kept.
+    write("vxlanMode");
+    assert_eq!(pool_error(), None);
+    assert_eq!(pool_error(), None);
+    assert_eq!(*kernel.probes.borrow(), vec![Vxlan]);
+
+    // An IPIP pool on a kernel without ipip: probed, and asked again on the next pass.
+    write("ipipMode");
+    assert!(pool_error().is_some_and(|e| e.contains("no ipip support")));
+    assert!(pool_error().is_some());
+    assert_eq!(*kernel.probes.borrow(), vec![Vxlan, Ipip, Ipip]);
+
+    // The module appears: the next pass sees it, and keeps the answer.
+    kernel.ipip.set(true);
+    assert_eq!(pool_error(), None);
+    assert_eq!(pool_error(), None);
+    assert_eq!(*kernel.probes.borrow(), vec![Vxlan, Ipip, Ipip, Ipip]);
+}
