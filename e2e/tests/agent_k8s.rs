@@ -248,8 +248,10 @@ fn agents_publish_node_networks_and_follow_kubectl_patch_none_vxlan_cross_subnet
     let a = c.topo.add_pod(0, "a")?;
     let b = c.topo.add_pod(1, "b")?;
     let p3 = c.topo.add_pod(2, "c")?;
-    // None: same subnet goes direct.
-    ensure!(c.route_to(0, 1)?.contains(&format!("via {} dev {UPLINK}", c.topo.node(1).ip())), "{}", c.topo.dump());
+    // None: same subnet goes direct (once each node has seen the other's NodeNetwork).
+    let direct = format!("via {} dev {UPLINK}", c.topo.node(1).ip());
+    c.wait_route(0, 1, |r| r.contains(&direct))?;
+    c.wait_route(1, 0, |r| r.contains(&format!("via {} dev {UPLINK}", c.topo.node(0).ip())))?;
     check_carried(&c, &a, v4(b.ip), false)?;
 
     c.kubectl(&["patch", "ippool", &c.pool, "--type", "merge", "-p", r#"{"spec":{"vxlanMode":"Always"}}"#])?;
@@ -291,6 +293,8 @@ fn agents_publish_node_networks_and_follow_kubectl_patch_none_vxlan_cross_subnet
 fn a_new_node_appears_in_every_peers_routes_without_restarting_agents() -> Result<()> {
     let mut c = Cluster::new("k8sn", &[("node1", 1), ("node2", 2), ("node3", 2)], EncapMode::Always, 2)?;
     c.wait_converged("VXLAN/Always")?;
+    c.wait_route(0, 1, |r| r.contains(&format!("dev {VXLAN_DEV}")))?;
+    c.wait_route(1, 0, |r| r.contains(&format!("dev {VXLAN_DEV}")))?;
     let a = c.topo.add_pod(0, "a")?;
     ensure!(c.route_to(0, 2)?.is_empty(), "route to a node that does not exist yet");
 
@@ -317,6 +321,8 @@ fn a_new_node_appears_in_every_peers_routes_without_restarting_agents() -> Resul
 fn api_server_outage_leaves_the_data_plane_untouched_and_agents_reconverge() -> Result<()> {
     let mut c = Cluster::new("k8so", &[("node1", 1), ("node2", 2)], EncapMode::Always, 2)?;
     c.wait_converged("VXLAN/Always")?;
+    c.wait_route(0, 1, |r| r.contains(&format!("dev {VXLAN_DEV}")))?;
+    c.wait_route(1, 0, |r| r.contains(&format!("dev {VXLAN_DEV}")))?;
     let a = c.topo.add_pod(0, "a")?;
     let b = c.topo.add_pod(1, "b")?;
     check_carried(&c, &a, v4(b.ip), true)?;

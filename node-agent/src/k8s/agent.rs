@@ -27,7 +27,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use trellis_api::NodeNetwork;
 
 use super::autodetect::{self, Facts, Method};
-use super::cluster_snapshot::{LocalIdentity, Settings, installation_network, snapshot_from_cluster};
+use super::cluster_snapshot::{LocalIdentity, Settings, snapshot_from_cluster};
 use super::health;
 use super::metrics::Metrics;
 use super::node_network;
@@ -184,7 +184,9 @@ fn outcome_of(result: &Result<PassReport, ReconcileError>, state: &Shared) -> Pa
     match result {
         Ok(report) => {
             outcome.applied = report.ok();
-            outcome.cni_in_place = report.cni_changed.is_some();
+            // A conflist removed on purpose (no allocatable block) is not "in place".
+            outcome.cni_in_place = report.cni_changed.is_some() && report.cni_unavailable.is_none();
+            outcome.cni_unavailable = report.cni_unavailable.clone();
             outcome.errors.extend(report.kernel.failed.iter().map(|f| format!("{}: {}", f.change, f.error)));
             outcome.errors.extend(report.errors.iter().cloned());
         }
@@ -269,10 +271,10 @@ impl ClusterSide {
 
     async fn build(&self, node: Option<&Node>) -> Result<super::cluster_snapshot::ClusterSnapshot, String> {
         let installation = self.stores.installation();
-        let spec = installation
-            .as_deref()
-            .and_then(|i| installation_network(&i.spec))
-            .and_then(|n| n.node_address_autodetection.as_ref());
+        // Either spelling (`network` / Tigera's `calicoNetwork`, `nodeAddressAutodetection` /
+        // `nodeAddressAutodetectionV4`).
+        let network = installation.as_deref().map(|i| i.spec.network());
+        let spec = network.as_ref().and_then(|n| n.node_address_autodetection.as_ref());
         let method = Method::from_spec(spec).map_err(|e| e.to_string())?;
         let interfaces = super::host::interfaces().await.map_err(|e| e.to_string())?;
         let mut facts = Facts::default();
@@ -311,7 +313,10 @@ impl ClusterSide {
             Err(e) => return tracing::warn!(error = %e, "NodeNetwork not published"),
         };
         let json = serde_json::to_value(&object).ok();
-        if json.is_some() && self.published == json {
+        // Re-published when it changed, and when it is gone from the cluster (deleted by hand
+        // or by a garbage collector while the Node was briefly absent).
+        let exists = self.stores.node_networks.state().iter().any(|nn| nn.metadata.name == object.metadata.name);
+        if json.is_some() && self.published == json && exists {
             return;
         }
         match node_network::publish(&self.node_networks, &object).await {

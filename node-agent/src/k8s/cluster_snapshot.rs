@@ -12,8 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use trellis_api::installation::NetworkSpec;
-use trellis_api::{IPAMBlock, IPPool, Installation, InstallationSpec, NodeNetwork};
+use trellis_api::{IPAMBlock, IPPool, Installation, NodeNetwork};
 
 use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, Snapshot, VxlanSettings};
 use crate::vtep::MacAddr;
@@ -54,12 +53,6 @@ pub enum ClusterSnapshotError {
     OwnBlockCidr { block: String, cidr: String },
     #[error("Installation default: spec.network.mtu {0} is not a valid MTU")]
     Mtu(i32),
-}
-
-/// The Installation's network section. (Tigera's `calicoNetwork` alias is read by
-/// `InstallationSpec::network()` once the API crate has it.)
-pub fn installation_network(spec: &InstallationSpec) -> Option<&NetworkSpec> {
-    spec.network.as_ref()
 }
 
 fn name_of<K: kube::Resource>(obj: &K) -> String {
@@ -165,9 +158,9 @@ pub fn snapshot_from_cluster(
         }
     }
 
+    // `network()`: `spec.network` or Tigera's `spec.calicoNetwork`, whichever is set.
     let mtu = installation
-        .and_then(|i| installation_network(&i.spec))
-        .and_then(|n| n.mtu)
+        .and_then(|i| i.spec.network().mtu)
         .map(|mtu| u32::try_from(mtu).map_err(|_| ClusterSnapshotError::Mtu(mtu)))
         .transpose()?;
 

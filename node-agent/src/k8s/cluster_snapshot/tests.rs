@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use kube::api::ObjectMeta;
 use trellis_api::installation::NetworkSpec;
-use trellis_api::{EncapMode, IPAMBlockSpec, IPPoolSpec, NodeNetworkSpec};
+use trellis_api::{EncapMode, IPAMBlockSpec, IPPoolSpec, InstallationSpec, NodeNetworkSpec};
 
 use super::*;
 
@@ -162,4 +162,18 @@ fn the_snapshot_plans_routes_to_the_peer_blocks() {
     let desired = crate::plan::plan(&got.snapshot, crate::desired::Capabilities::default()).unwrap();
     assert!(desired.routes.contains_key(&"10.244.2.0/26".parse::<IpNet>().unwrap()), "{:?}", desired.routes);
     assert!(desired.vxlan.is_some());
+}
+
+#[test]
+fn mtu_is_read_from_tigeras_calico_network_spelling_too() {
+    let tigera = Installation {
+        metadata: meta("default", Some(1)),
+        spec: InstallationSpec {
+            calico_network: Some(NetworkSpec { mtu: Some(1410), ..Default::default() }),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let got = snapshot_from_cluster(&me(), &[], &[], &[], Some(&tigera), &settings()).unwrap();
+    assert_eq!(got.snapshot.mtu, Some(1410));
 }
