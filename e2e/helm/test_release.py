@@ -55,7 +55,9 @@ def cfg():
     with helm.Config(kubeconfig_path=KUBECONFIG, namespace=NAMESPACE) as config:
         config.check_reachable()
         config.uninstall(RELEASE, ignore_not_found=True)
-        # What an earlier run's operator created (the test bed has no garbage collector).
+        # What earlier tests on this API server left (the test bed has no garbage collector):
+        # an Installation not owned by a release would make `helm install` refuse to adopt it.
+        kubectl("delete", "installation", "default", "--ignore-not-found")
         kubectl("delete", "clusterrole,clusterrolebinding", "trellis-agent", "--ignore-not-found")
         kubectl("delete", "-n", NAMESPACE, "daemonset,serviceaccount", "trellis-agent", "--ignore-not-found")
         kubectl("delete", "-n", NAMESPACE, "lease", "--all", "--ignore-not-found")

@@ -5,12 +5,19 @@
 //! corrects drift. The binary is the workspace's own build: `TRELLIS_AGENT_BIN` if set (the
 //! VM runner sets it; the VM cannot build), otherwise `cargo build -p trellis-agent` runs
 //! once per test process so a test never exercises a stale binary.
+//! [`pass_with_capabilities`] runs the same reconcile code in-process for the one input the
+//! binary takes from the kernel and a test must choose: its capabilities.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use trellis_agent::desired::{Capabilities, DesiredState};
+use trellis_agent::kernel::NetlinkKernel;
+use trellis_agent::reconcile::{self, BoxError, DesiredSource, PassReport, SystemHost};
+use trellis_agent::snapshot::Snapshot;
 
 use crate::cmd;
 use crate::error::{Error, Result};
@@ -169,5 +176,38 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One pass of the agent's own reconcile code, run in this process inside namespace `ns`
+/// (on a thread that joined it) against the real kernel and files, with the snapshot at
+/// `snapshot` planned for `caps` instead of what the kernel reports. This is how a test
+/// exercises a kernel the machine does not have, e.g. no ipip on a kernel that has it: the
+/// capabilities are an input of the planner, everything else is the agent's real path.
+pub fn pass_with_capabilities(ns: &str, snapshot: &Path, caps: Capabilities) -> Result<PassReport> {
+    let path = snapshot.to_path_buf();
+    crate::netns::enter(ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("tokio runtime", e))?;
+        runtime.block_on(async {
+            let kernel = NetlinkKernel::new().map_err(|e| Error::Setup(format!("netlink: {e}")))?;
+            let mut source = FixedCapabilities { path, caps };
+            reconcile::pass(&kernel, &mut source, &SystemHost).await.map_err(|e| Error::Setup(format!("pass: {e}")))
+        })
+    })?
+}
+
+/// A snapshot file planned against fixed capabilities.
+struct FixedCapabilities {
+    path: PathBuf,
+    caps: Capabilities,
+}
+
+impl DesiredSource<NetlinkKernel> for FixedCapabilities {
+    async fn desired(&mut self, kernel: &NetlinkKernel) -> std::result::Result<DesiredState, BoxError> {
+        let snapshot = Snapshot::from_file(&self.path)?;
+        Ok(reconcile::desired_from_snapshot(kernel, snapshot, self.caps).await?)
     }
 }

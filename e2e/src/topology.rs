@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
+use trellis_agent::desired::Capabilities;
+use trellis_agent::reconcile::PassReport;
 use trellis_agent::snapshot::{CniPlugin, CniSettings, LocalNode, Peer, Pool, Snapshot, VxlanSettings};
 use trellis_api::EncapMode;
 
@@ -285,6 +287,13 @@ impl Topology {
     pub fn apply_once(&self, i: usize, pools: &[Pool]) -> Result<AgentRun> {
         let path = self.write_snapshot(i, &self.snapshot(i, pools))?;
         agent::run(self.nodes[i].netns(), &["apply", "--snapshot", &path.to_string_lossy(), "--once"])
+    }
+
+    /// Writes node `i`'s snapshot and runs one pass of the agent's reconcile code in-process
+    /// in the node's namespace, planned for `caps` (see [`agent::pass_with_capabilities`]).
+    pub fn apply_once_with_capabilities(&self, i: usize, pools: &[Pool], caps: Capabilities) -> Result<PassReport> {
+        let path = self.write_snapshot(i, &self.snapshot(i, pools))?;
+        agent::pass_with_capabilities(self.nodes[i].netns(), &path, caps)
     }
 
     /// Runs `trellis-agent plan --snapshot FILE` for node `i`'s current snapshot file.

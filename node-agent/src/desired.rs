@@ -133,7 +133,13 @@ pub struct NatPlan {
 #[serde(rename_all = "camelCase")]
 pub struct CniConfig {
     pub path: std::path::PathBuf,
+    /// `null` when no block of this node can give pods addresses: the file is then removed,
+    /// so no new pod starts here (see [`crate::cni`]).
     pub conflist: serde_json::Value,
+    /// Why `conflist` is `null`, in words a human understands (for the pass report and, later,
+    /// a NodeNetwork condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// A sysctl the agent owns, e.g. `net.ipv4.ip_forward = 1`. Per-interface keys keep the

@@ -107,6 +107,9 @@ struct Summary {
     rolled_back: Vec<String>,
     errors: Vec<String>,
     pool_errors: BTreeMap<String, String>,
+    /// Why no new pod can start on this node (no CNI config), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cni_unavailable: Option<String>,
 }
 
 impl Summary {
@@ -118,6 +121,7 @@ impl Summary {
             rolled_back: report.kernel.rolled_back.iter().map(ToString::to_string).collect(),
             errors: report.errors.clone(),
             pool_errors: report.pool_errors.iter().cloned().collect(),
+            cni_unavailable: report.cni_unavailable.clone(),
         }
     }
 }

@@ -156,6 +156,8 @@ pub struct PassReport {
     pub errors: Vec<String>,
     /// Pools the planner could not program here (pool name, reason), e.g. no ipip support.
     pub pool_errors: Vec<(String, String)>,
+    /// Why this node has no CNI config (no new pods can start here), if it has none.
+    pub cni_unavailable: Option<String>,
 }
 
 impl PassReport {
@@ -236,6 +238,7 @@ pub async fn pass<K: Kernel, S: DesiredSource<K>, H: Host>(
             Err(e) => report.errors.push(format!("cni {}: {e}", desired.cni.path.display())),
         }
     }
+    report.cni_unavailable = desired.cni.unavailable.clone();
     for pool in &desired.pools {
         if let Some(error) = &pool.error {
             report.pool_errors.push((pool.name.clone(), error.clone()));
@@ -246,6 +249,9 @@ pub async fn pass<K: Kernel, S: DesiredSource<K>, H: Host>(
     }
     for (pool, error) in &report.pool_errors {
         tracing::warn!(%pool, %error, "pool not programmed on this node");
+    }
+    if let Some(reason) = &report.cni_unavailable {
+        tracing::warn!(%reason, "no CNI config on this node");
     }
     Ok(report)
 }

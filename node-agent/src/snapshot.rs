@@ -1,7 +1,8 @@
 //! The agent's input: what the cluster wants for this node, as one self-contained document.
 //!
-//! In Kubernetes mode the agent builds a `Snapshot` from IPPools, IPAMBlocks and NodeNetworks;
-//! standalone (`trellis-agent plan|apply --snapshot FILE`) it is read from YAML or JSON. The
+//! In Kubernetes mode (`trellis-agent run`) it is built from IPPools, IPAMBlocks and
+//! NodeNetworks; standalone (`trellis-agent plan|apply --snapshot FILE`) it is read from YAML
+//! or JSON. The
 //! planner is a pure function of a snapshot (plus the kernel's capabilities and the uplink MTU),
 //! so everything the data plane does can be reproduced from this file alone.
 

@@ -462,24 +462,33 @@ fn capabilities_match_what_the_kernel_can_create() {
 #[ignore = "root: netlink in network namespaces"]
 fn sysctls_are_per_namespace() {
     let ns = Netns::new("sysctl");
-    let host_value = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let host_value = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim().to_string();
+    // The namespace starts with the opposite of the host's value (a new namespace inherits the
+    // host's IPv4 settings, devconf_inherit_init_net=0, so it is set here, never assumed): then
+    // reading the host instead would show, and so would writing it.
+    let other = if host_value == "1" { "0" } else { "1" };
     ns.ip(&["link", "add", VX, "type", "vxlan", "id", "5", "dstport", "4789"]);
-    let (before, changed, again, per_device) = ns.run(|| async {
+    let set = |kv: &str| sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", kv]);
+    set(&format!("net.ipv4.ip_forward={other}"));
+    set("net.ipv4.conf.vxlan/trellis.rp_filter=0");
+    let (host, other_owned) = (host_value.clone(), other.to_string());
+    let (before, to_host, again, back, per_device) = ns.run(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let before = kernel.sysctl_get("net.ipv4.ip_forward").unwrap();
-        let changed = kernel.sysctl_set("net.ipv4.ip_forward", "1").unwrap();
-        let again = kernel.sysctl_set("net.ipv4.ip_forward", "1").unwrap();
+        let to_host = kernel.sysctl_set("net.ipv4.ip_forward", &host).unwrap();
+        let again = kernel.sysctl_set("net.ipv4.ip_forward", &host).unwrap();
+        let back = kernel.sysctl_set("net.ipv4.ip_forward", &other_owned).unwrap();
         // sysctl(8) spelling of a device name with a dot.
         let per_device = kernel.sysctl_set("net.ipv4.conf.vxlan/trellis.rp_filter", "2").unwrap();
-        (before, changed, again, per_device)
+        (before, to_host, again, back, per_device)
     });
-    assert_eq!(before, "0", "a new namespace starts without forwarding");
-    assert!(changed && !again);
+    assert_eq!(before, other, "the agent reads the namespace's value, not the host's ({host_value})");
+    assert!(to_host && !again && back, "each change reported once: {to_host} {again} {back}");
     let cat = |path: &str| sh("ip", &["netns", "exec", &ns.name, "cat", path]).trim().to_string();
-    assert_eq!(cat("/proc/sys/net/ipv4/ip_forward"), "1");
+    assert_eq!(cat("/proc/sys/net/ipv4/ip_forward"), other);
     assert!(per_device);
     assert_eq!(cat("/proc/sys/net/ipv4/conf/vxlan.trellis/rp_filter"), "2");
-    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), host_value, "host untouched");
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(), host_value, "host untouched");
 }
 
 struct Fixed(DesiredState);

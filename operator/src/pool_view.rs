@@ -27,6 +27,11 @@ pub struct PoolView {
     pub selector: Result<Selector, String>,
     /// creationTimestamp in seconds since the epoch.
     pub created: i64,
+    /// Whether IPAM hands out blocks from it: `assignmentMode` Automatic and `allowedUses`
+    /// containing Workload or Tunnel (a Manual or LoadBalancer-only pool gives no node a block).
+    pub assigns_blocks: bool,
+    /// Accepted settings Trellis does not act on yet (messages for a condition and an Event).
+    pub unsupported: Vec<String>,
 }
 
 /// A pool whose spec cannot be read (admission makes this impossible for pools it admitted).
@@ -58,6 +63,9 @@ impl PoolView {
             disabled: pool.spec.disabled.unwrap_or(false),
             selector,
             created: pool.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0),
+            assigns_blocks: pool.spec.assigns_automatically()
+                && (pool.spec.allows_workload() || pool.spec.allows_tunnel()),
+            unsupported: pool.spec.unsupported_fields(),
             name,
         })
     }
@@ -80,8 +88,8 @@ pub fn overlaps(pools: &[PoolView]) -> BTreeMap<String, String> {
     older_overlapping(&ages).into_iter().map(|(newer, older)| (newer.to_string(), older.to_string())).collect()
 }
 
-/// The IPAM input: pools (allocatable unless disabled, overlapping an older pool or with a bad
-/// selector) with their selected nodes, and the blocks that parse. Blocks of pools that exist but
+/// The IPAM input: pools (allocatable unless disabled, overlapping an older pool, with a bad
+/// selector, or not assigning blocks automatically) with their selected nodes, and the blocks that parse. Blocks of pools that exist but
 /// cannot be read are left out, so nothing is decided about them.
 pub fn ipam_input(
     pools: &[PoolView],
@@ -96,7 +104,7 @@ pub fn ipam_input(
             name: p.name.clone(),
             cidr: p.cidr,
             block_prefix: p.block_prefix,
-            allocatable: !p.disabled && p.selector.is_ok() && !overlapping.contains_key(&p.name),
+            allocatable: !p.disabled && p.assigns_blocks && p.selector.is_ok() && !overlapping.contains_key(&p.name),
             nodes: p.selected(nodes),
         })
         .collect();
@@ -173,6 +181,24 @@ mod tests {
         );
         assert_eq!(views[2].generation, 3);
         assert!(views[4].selector.is_err());
+    }
+
+    #[test]
+    fn manual_and_load_balancer_only_pools_give_no_node_a_block() {
+        use trellis_api::ip_pool::{AllowedUse, AssignmentMode};
+        let pools = [
+            pool("auto", 1, spec("10.0.0.0/16")),
+            pool("manual", 1, IPPoolSpec { assignment_mode: Some(AssignmentMode::Manual), ..spec("10.1.0.0/16") }),
+            pool("lb", 1, IPPoolSpec { allowed_uses: Some(vec![AllowedUse::LoadBalancer]), ..spec("10.2.0.0/16") }),
+            pool("tunnel", 1, IPPoolSpec { allowed_uses: Some(vec![AllowedUse::Tunnel]), ..spec("10.3.0.0/16") }),
+        ];
+        let views: Vec<PoolView> = pools.iter().map(|p| PoolView::from_pool(p).unwrap()).collect();
+        let (ipam_pools, _) = ipam_input(&views, &BTreeSet::new(), &nodes(), &[]);
+        let allocatable: Vec<(&str, bool)> = ipam_pools.iter().map(|p| (p.name.as_str(), p.allocatable)).collect();
+        assert_eq!(allocatable, vec![("auto", true), ("manual", false), ("lb", false), ("tunnel", true)]);
+        assert!(views[0].unsupported.is_empty());
+        assert!(views[1].unsupported.iter().any(|m| m.contains("assignmentMode")), "{:?}", views[1].unsupported);
+        assert!(views[2].unsupported.iter().any(|m| m.contains("LoadBalancer")), "{:?}", views[2].unsupported);
     }
 
     #[test]

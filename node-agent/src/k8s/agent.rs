@@ -184,7 +184,9 @@ fn outcome_of(result: &Result<PassReport, ReconcileError>, state: &Shared) -> Pa
     match result {
         Ok(report) => {
             outcome.applied = report.ok();
-            outcome.cni_in_place = report.cni_changed.is_some();
+            // A conflist removed on purpose (no allocatable block) is not "in place".
+            outcome.cni_in_place = report.cni_changed.is_some() && report.cni_unavailable.is_none();
+            outcome.cni_unavailable = report.cni_unavailable.clone();
             outcome.errors.extend(report.kernel.failed.iter().map(|f| format!("{}: {}", f.change, f.error)));
             outcome.errors.extend(report.errors.iter().cloned());
         }

@@ -29,6 +29,8 @@ pub struct PassOutcome {
     pub applied: bool,
     /// The CNI conflist was written (or already in place).
     pub cni_in_place: bool,
+    /// Why the node has no conflist on purpose (no block can give pods addresses).
+    pub cni_unavailable: Option<String>,
     /// Why not everything was applied (kernel, NAT, CNI, snapshot errors).
     pub errors: Vec<String>,
 }
@@ -73,12 +75,18 @@ pub fn status_for(outcome: &PassOutcome, previous: Option<&NodeNetworkStatus>, n
         "the data plane and the CNI conflist are in place".to_string()
     } else if !outcome.errors.is_empty() {
         outcome.errors.join("; ")
+    } else if let Some(why) = &outcome.cni_unavailable {
+        format!("no new pods on this node: {why}")
     } else if !outcome.cni_in_place {
         "the CNI conflist is not in place".to_string()
     } else {
         "the last pass did not apply everything".to_string()
     };
-    let ready_reason = if ready { "Applied" } else { "ApplyFailed" };
+    let ready_reason = match (ready, &outcome.cni_unavailable) {
+        (true, _) => "Applied",
+        (false, Some(_)) if outcome.errors.is_empty() => "NoAllocatableBlock",
+        (false, _) => "ApplyFailed",
+    };
     let problems: Vec<String> = outcome.errors.iter().cloned().chain(pool_errors).collect();
     let degraded = !problems.is_empty();
     let (degraded_reason, degraded_message) = if degraded {
@@ -166,6 +174,7 @@ mod tests {
             mtu: Some(1450),
             applied: true,
             cni_in_place: true,
+            cni_unavailable: None,
             errors: vec![],
         }
     }
@@ -199,6 +208,18 @@ mod tests {
         let mut o = outcome();
         o.cni_in_place = false;
         assert_eq!(cond(&status_for(&o, None, at(1)), "Ready").status, "False");
+    }
+
+    #[test]
+    fn no_allocatable_block_is_not_ready_and_says_why() {
+        let mut o = outcome();
+        o.cni_in_place = false;
+        o.cni_unavailable =
+            Some("no block of this node can give pods addresses (10.244.1.0/26: pool a is disabled)".into());
+        let s = status_for(&o, None, at(1));
+        let ready = cond(&s, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoAllocatableBlock"));
+        assert!(ready.message.contains("pool a is disabled"), "{}", ready.message);
     }
 
     #[test]

@@ -109,12 +109,19 @@ pub fn plan(snapshot: &Snapshot, caps: Capabilities) -> Result<DesiredState, Pla
     let routing = routes::plan(node, &snapshot.peers, &pools, &vtep, blackholes);
     warnings.extend(routing.warnings);
 
-    let cni_blocks: Vec<IpNet> = routes::canonical(&node.blocks)
-        .into_iter()
+    let own_blocks = routes::canonical(&node.blocks);
+    let cni_blocks: Vec<IpNet> = own_blocks
+        .iter()
+        .copied()
         .filter(|b| pools.owner_of(b).is_some_and(|p| p.programmed() && !p.disabled))
         .collect();
-    let (cni, cni_warnings) = crate::cni::render(&snapshot.cni, mtus.pod, &cni_blocks);
+    let reserved: Vec<IpAddr> = tunnel_address.into_iter().collect();
+    let (mut cni, cni_warnings) = crate::cni::render(&snapshot.cni, mtus.pod, &cni_blocks, &reserved);
     warnings.extend(cni_warnings);
+    if cni.conflist.is_null() {
+        cni.unavailable = Some(no_allocatable_block(&own_blocks, &pools, &cni.path));
+    }
+    warnings.extend(pools.overlaps());
 
     let sysctls = sysctls(
         programmed().any(|p| p.cidr.addr().is_ipv6()),
@@ -134,6 +141,25 @@ pub fn plan(snapshot: &Snapshot, caps: Capabilities) -> Result<DesiredState, Pla
         pools: pools.iter().map(|p| p.outcome()).collect(),
         warnings,
     })
+}
+
+/// Why no block of this node is left for the CNI ranges, block by block.
+fn no_allocatable_block(own: &BTreeSet<IpNet>, pools: &Pools, path: &std::path::Path) -> String {
+    let why: Vec<String> = own
+        .iter()
+        .map(|b| match pools.owner_of(b) {
+            None => format!("{b}: in no pool"),
+            Some(p) if !p.programmed() => format!("{b}: pool {} is not programmed", p.name),
+            Some(p) if p.disabled => format!("{b}: pool {} is disabled", p.name),
+            Some(_) => format!("{b}: no room for pods (see the warnings)"),
+        })
+        .collect();
+    let blocks = if why.is_empty() { "it has no blocks".to_string() } else { why.join("; ") };
+    format!(
+        "no block of this node can give pods addresses ({blocks}); the CNI config {} is removed, so no new pod \
+         starts on this node until it gets a block of an enabled pool (running pods keep their addresses)",
+        path.display()
+    )
 }
 
 fn validate(snapshot: &Snapshot) -> Result<(), PlanError> {

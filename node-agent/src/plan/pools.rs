@@ -136,6 +136,30 @@ impl Pools {
         self.0.iter()
     }
 
+    /// Warnings for pools whose CIDRs overlap (the API reports them as a condition; a
+    /// snapshot may still carry them). Blocks then belong to the most specific pool, and of
+    /// pools with the same CIDR to the first by name.
+    pub fn overlaps(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, a) in self.0.iter().enumerate() {
+            for b in &self.0[i + 1..] {
+                if a.cidr == b.cidr {
+                    out.push(format!(
+                        "pools {} and {} have the same CIDR {}; its blocks belong to {}",
+                        a.name, b.name, a.cidr, a.name
+                    ));
+                } else if a.cidr.contains(&b.cidr) || b.cidr.contains(&a.cidr) {
+                    let (outer, inner) = if a.cidr.contains(&b.cidr) { (a, b) } else { (b, a) };
+                    out.push(format!(
+                        "pool {} ({}) overlaps pool {} ({}); blocks inside {} belong to {}",
+                        inner.name, inner.cidr, outer.name, outer.cidr, inner.cidr, inner.name
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// The pool a block belongs to: the most specific pool containing it (ties: first by name).
     /// Invalid pools take part, so a block inside one is not routed through a wider pool.
     pub fn owner_of(&self, block: &IpNet) -> Option<&PoolView> {

@@ -14,7 +14,8 @@
 //!
 //! The node's own blocks become blackholes so traffic to unallocated pod IPs stops here instead
 //! of following the default route back out. A peer block that overlaps one of ours, or that
-//! two peers claim, is never routed: the first claimant by name wins and the rest is reported.
+//! two peers claim (the same block, or one inside the other), is routed to one peer only: the
+//! first claimant by name wins and the rest is reported.
 //! Every decision is made in a fixed order (pools, peers and blocks sorted), so the output is
 //! a function of the snapshot's content, not of its ordering.
 
@@ -154,6 +155,16 @@ fn plan_peer(
         if let Some(owner) = claims.blocks.get(&block) {
             out.warnings
                 .push(format!("block {block} is claimed by peers {owner} and {}; routed to {owner} only", peer.name));
+            continue;
+        }
+        // Nested blocks of two peers would split traffic by prefix length between them.
+        if let Some((other, owner)) =
+            claims.blocks.iter().find(|(b, owner)| **owner != peer.name && (b.contains(&block) || block.contains(*b)))
+        {
+            out.warnings.push(format!(
+                "block {block} of peer {} overlaps block {other} of peer {owner}; not routed",
+                peer.name
+            ));
             continue;
         }
         let route = match pool.encapsulate_to(in_subnet) {

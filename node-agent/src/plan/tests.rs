@@ -173,6 +173,8 @@ fn disabled_pool_stays_routed_and_natted_but_allocates_nothing() {
     assert_eq!(d.nat.nat_sources, vec![net("10.244.0.0/16")]);
     assert!(d.pools[0].disabled);
     assert!(d.cni.conflist.is_null(), "no enabled block, no conflist");
+    let why = d.cni.unavailable.as_deref().expect("a reason for the missing conflist");
+    assert!(why.contains("10.244.0.0/26: pool default is disabled") && why.contains("removed"), "{why}");
 
     // With a second, enabled pool only the enabled pool's block is allocatable.
     s.pools.push(pool("new", "10.245.0.0/16", Never, Always));
@@ -184,6 +186,72 @@ fn disabled_pool_stays_routed_and_natted_but_allocates_nothing() {
         &serde_json::json!([[{
             "subnet": "10.245.0.0/26", "rangeStart": "10.245.0.2", "rangeEnd": "10.245.0.62", "gateway": "10.245.0.1"
         }]])
+    );
+    assert_eq!(d.cni.unavailable, None);
+}
+
+#[test]
+fn a_node_without_blocks_has_no_conflist_and_says_why() {
+    let mut s = one_pool(Never, Always);
+    s.node.blocks.clear();
+    let d = plan_ok(&s);
+    assert!(d.cni.conflist.is_null());
+    assert!(d.cni.unavailable.as_deref().unwrap().contains("it has no blocks"), "{:?}", d.cni.unavailable);
+}
+
+#[test]
+fn explicit_tunnel_address_is_never_handed_to_a_pod() {
+    let mut s = one_pool(Never, Always);
+    s.node.tunnel_address = Some(ip("10.244.0.10"));
+    let d = plan_ok(&s);
+    assert_eq!(d.vxlan.as_ref().unwrap().address, Some(ip("10.244.0.10")));
+    let set = &d.cni.conflist["plugins"][0]["ipam"]["ranges"][0];
+    let spans: Vec<(&str, &str)> = set
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["rangeStart"].as_str().unwrap(), r["rangeEnd"].as_str().unwrap()))
+        .collect();
+    assert_eq!(spans, [("10.244.0.2", "10.244.0.9"), ("10.244.0.11", "10.244.0.62")]);
+}
+
+#[test]
+fn host_sized_blocks_are_warnings_not_panics() {
+    let mut s = cluster(vec![pool("all4", "0.0.0.0/0", Never, Always), pool("all6", "::/0", Never, Always)]);
+    s.node.blocks = vec![net("0.0.0.0/32"), net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"), net("10.244.0.0/32")];
+    s.peers = vec![peer("node2", "10.0.1.12/24", &["10.244.0.64/32"])];
+    let d = plan_ok(&s);
+    assert!(d.cni.conflist.is_null());
+    assert_eq!(
+        d.warnings.iter().filter(|w| w.contains("no room for a gateway and a pod")).count(),
+        3,
+        "{:#?}",
+        d.warnings
+    );
+    assert!(d.cni.unavailable.as_deref().unwrap().contains("no room for pods"), "{:?}", d.cni.unavailable);
+    assert_eq!(route(&d, "10.244.0.64/32"), via("10.244.0.64", VX, true));
+}
+
+#[test]
+fn overlapping_pools_are_warned_about_and_the_most_specific_wins() {
+    let mut s = cluster(vec![
+        pool("wide", "10.0.0.0/8", Never, Never),
+        pool("b-same", "10.244.0.0/16", Never, Always),
+        pool("a-same", "10.244.0.0/16", Never, CrossSubnet),
+    ]);
+    s.pools[1].disabled = true;
+    let d = plan_ok(&s);
+    // a-same wins the tie by name: CrossSubnet, and it is enabled, so the block is allocatable.
+    assert_eq!(route(&d, "10.244.0.64/26"), via("10.0.1.12", "eth0", false));
+    assert_eq!(route(&d, "10.244.0.128/26"), via("10.244.0.128", VX, true));
+    assert!(!d.cni.conflist.is_null());
+    let overlap: Vec<&String> =
+        d.warnings.iter().filter(|w| w.contains("overlaps") || w.contains("same CIDR")).collect();
+    assert_eq!(overlap.len(), 3, "{:#?}", d.warnings);
+    assert!(
+        overlap
+            .iter()
+            .any(|w| w.contains("a-same and b-same have the same CIDR 10.244.0.0/16; its blocks belong to a-same"))
     );
 }
 
@@ -347,6 +415,21 @@ fn strays_and_conflicts_are_warnings() {
 }
 
 #[test]
+fn nested_blocks_of_two_peers_are_routed_to_the_first_only() {
+    let mut s = one_pool(Never, Always);
+    s.peers[1].blocks.push(net("10.244.0.64/27")); // inside node2's 10.244.0.64/26
+    s.peers[0].blocks.push(net("10.244.0.128/27")); // inside node3's 10.244.0.128/26
+    let d = plan_ok(&s);
+    assert_eq!(route(&d, "10.244.0.64/26"), via("10.244.0.64", VX, true));
+    assert_eq!(route(&d, "10.244.0.64/27"), None, "would steal half of node2's block");
+    // node2 comes first by name, so its /27 wins over node3's whole /26.
+    assert_eq!(route(&d, "10.244.0.128/27"), via("10.244.0.64", VX, true));
+    assert_eq!(route(&d, "10.244.0.128/26"), None);
+    let overlap: Vec<&String> = d.warnings.iter().filter(|w| w.contains("overlaps block")).collect();
+    assert_eq!(overlap.len(), 2, "{:#?}", d.warnings);
+}
+
+#[test]
 fn vtep_clashes_are_warnings() {
     let mut s = one_pool(Never, Always);
     s.peers[1].vtep_mac = Some(MacAddr::for_node("node2"));
@@ -494,8 +577,72 @@ fn documented_plan_output_matches_the_planner() {
     let yaml = section.split("```yaml\n").nth(1).and_then(|s| s.split("```").next()).expect("yaml block");
     let printed: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
     let documented: DesiredState = serde_yaml::from_value(printed["desired"].clone()).unwrap();
+    let documented_changes: Vec<String> = serde_yaml::from_value(printed["changes"].clone()).unwrap();
 
     let snapshot = Snapshot::from_file(&root.join("docs/examples/vxlan-3node.yaml")).unwrap();
     let caps = Capabilities { ipip: false, vxlan: true };
-    assert_eq!(plan(&snapshot, caps).unwrap(), documented, "docs/snapshot.md shows a stale plan: regenerate it");
+    let desired = plan(&snapshot, caps).unwrap();
+    assert_eq!(desired, documented, "docs/snapshot.md shows a stale plan: regenerate it");
+    // The documented host is a fresh namespace: nothing of Trellis' in the kernel yet.
+    let changes: Vec<String> =
+        crate::diff::diff(&crate::kernel::KernelState::default(), &desired).iter().map(ToString::to_string).collect();
+    assert_eq!(changes, documented_changes, "docs/snapshot.md shows stale changes: regenerate them");
+}
+
+#[test]
+fn mixed_pools_example_is_what_the_docs_say() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/mixed-pools.yaml");
+    let s = Snapshot::from_file(&path).unwrap();
+    let d = plan(&s, Capabilities::default()).unwrap();
+    // Explicit MTU 8900 wins over uplink 9000 minus any overhead, for pods and both tunnels.
+    assert_eq!(s.mtu, Some(8900));
+    assert_eq!(d.mtu, 8900);
+    assert_eq!(d.cni.conflist["plugins"][0]["mtu"], 8900);
+    assert_eq!(d.ipip.as_ref().unwrap().mtu, 8900);
+    assert_eq!(d.vxlan.as_ref().unwrap().mtu, 8900);
+    // Each pool in its own mode; none has an error.
+    let modes: Vec<(&str, String, bool)> =
+        d.pools.iter().map(|p| (p.name.as_str(), p.encapsulation.to_string(), p.disabled)).collect();
+    assert_eq!(
+        modes,
+        [
+            ("ipip-pool", "IPIP/Always".to_string(), false),
+            ("ipv6-pool", "VXLAN/Always".to_string(), false),
+            ("old-pool", "None".to_string(), true),
+            ("vxlan-pool", "VXLAN/CrossSubnet".to_string(), false),
+        ]
+    );
+    assert!(d.pools.iter().all(|p| p.error.is_none()), "{:?}", d.pools);
+    // IPIP to both peers; VXLAN CrossSubnet direct to node2, tunnelled to node3.
+    assert_eq!(route(&d, "10.244.0.64/26"), via("10.0.1.12", "tunl0", true));
+    assert_eq!(route(&d, "10.244.0.128/26"), via("10.0.2.13", "tunl0", true));
+    assert_eq!(route(&d, "10.245.0.64/26"), via("10.0.1.12", "eth0", false));
+    assert_eq!(route(&d, "10.245.0.128/26"), via("10.244.0.128", VX, true));
+    // IPv6 over VXLAN on the IPv4 underlay: next hops are the peers' IPv6 tunnel addresses,
+    // the neighbours carry their MACs (node2's explicit one), the FDB points at IPv4 nodes.
+    assert_eq!(route(&d, "fd00:10:244::40/122"), via("fd00:10:244::40", VX, true));
+    assert_eq!(route(&d, "fd00:10:244::80/122"), via("fd00:10:244::80", VX, true));
+    let node2_mac: MacAddr = "02:00:0a:00:01:0c".parse().unwrap();
+    assert!(d.neighbours.contains(&Neighbour { dev: VX.into(), ip: ip("fd00:10:244::40"), mac: node2_mac }));
+    assert!(d.fdb.contains(&FdbEntry { dev: VX.into(), mac: node2_mac, dst: ip("10.0.1.12") }));
+    assert_eq!(d.vxlan.as_ref().unwrap().mac, "02:00:0a:00:01:0b".parse::<MacAddr>().unwrap());
+    assert!(d.sysctls.iter().any(|s| s.key == "net.ipv6.conf.all.forwarding" && s.value == "1"));
+    // The disabled pool: still routed (node2 directly; node3 is across subnets with no
+    // encapsulation, so not at all), blackholed and NATed, but no new pod gets its addresses.
+    assert!(d.pools.iter().any(|p| p.name == "old-pool" && p.disabled));
+    assert_eq!(route(&d, "10.246.0.0/26"), Some(RouteKind::Blackhole));
+    assert_eq!(route(&d, "10.246.0.64/26"), via("10.0.1.12", "eth0", false));
+    assert!(d.nat.nat_sources.contains(&net("10.246.0.0/16")));
+    assert_eq!(d.nat.nat_sources, vec![net("10.244.0.0/16"), net("10.246.0.0/16")]);
+    let subnets: Vec<Vec<&str>> = d.cni.conflist["plugins"][0]["ipam"]["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|set| set.as_array().unwrap().iter().map(|r| r["subnet"].as_str().unwrap()).collect())
+        .collect();
+    assert_eq!(subnets, [vec!["10.244.0.0/26", "10.245.0.0/26"], vec!["fd00:10:244::/122"]]);
+    assert_eq!(
+        d.cni.conflist["plugins"][0]["ipam"]["routes"],
+        serde_json::json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+    );
 }

@@ -30,7 +30,11 @@ fn desired() -> DesiredState {
             disabled: false,
             error: Some("no ipip support in this kernel".into()),
         }],
-        cni: CniConfig { path: "/tmp/unused/10-trellis.conflist".into(), conflist: serde_json::json!({}) },
+        cni: CniConfig {
+            path: "/tmp/unused/10-trellis.conflist".into(),
+            conflist: serde_json::json!({}),
+            unavailable: None,
+        },
         ..Default::default()
     };
     let blackhole: IpNet = "10.244.1.0/26".parse().unwrap();

@@ -29,7 +29,9 @@ use trellis_api::node_network::AppliedPool;
 use trellis_api::{IPAMBlock, IPPool, NodeNetwork};
 
 use crate::conditions::{self, Desired};
-use crate::ippool::{BLOCKS_EXHAUSTED, CIDR_OVERLAP, PoolFacts, PoolStatusView, convergence, pool_status};
+use crate::ippool::{
+    BLOCKS_EXHAUSTED, CIDR_OVERLAP, PoolFacts, PoolStatusView, UNSUPPORTED_FIELDS, convergence, pool_status,
+};
 use crate::pool_view::{self, NodeLabels, PoolView};
 use crate::{Context, Error, FIELD_MANAGER, Result, Stop, ipam};
 
@@ -156,6 +158,7 @@ fn facts(pctx: &PoolContext, view: &PoolView) -> PoolFacts {
         overlaps: overlaps.get(&view.name).cloned(),
         selector_error: view.selector.as_ref().err().cloned(),
         starved: plan.starved.remove(&view.name).unwrap_or_default(),
+        unsupported: view.unsupported.clone(),
         convergence: convergence(&view.name, view.generation, &selected, &applied),
     }
 }
@@ -205,7 +208,7 @@ async fn announce(
 ) {
     // Degraded repeats CIDROverlap and BlocksExhausted, which have Events of their own.
     let worth = |w: &&Desired| {
-        [CIDR_OVERLAP, BLOCKS_EXHAUSTED].contains(&w.type_)
+        [CIDR_OVERLAP, BLOCKS_EXHAUSTED, UNSUPPORTED_FIELDS].contains(&w.type_)
             || (w.type_ == conditions::DEGRADED && w.reason != CIDR_OVERLAP && w.reason != BLOCKS_EXHAUSTED)
     };
     for w in wanted.iter().filter(worth) {

@@ -9,4 +9,4 @@ mod status;
 
 pub use convergence::{Convergence, convergence};
 pub use overlap::{PoolAge, older_overlapping};
-pub use status::{BLOCKS_EXHAUSTED, CIDR_OVERLAP, PoolFacts, PoolStatusView, pool_status};
+pub use status::{BLOCKS_EXHAUSTED, CIDR_OVERLAP, PoolFacts, PoolStatusView, UNSUPPORTED_FIELDS, pool_status};

@@ -1,5 +1,6 @@
 //! An IPPool's status from what the operator knows about it: READY n/m and the conditions
-//! `Ready`, `Progressing`, `Degraded`, `CIDROverlap` and `BlocksExhausted`, with reasons and
+//! `Ready`, `Progressing`, `Degraded`, `CIDROverlap`, `BlocksExhausted` and `UnsupportedFields`
+//! (Calico fields accepted but not acted on yet), with reasons and
 //! messages a user can act on.
 
 use crate::conditions::{DEGRADED, Desired, PROGRESSING, READY};
@@ -8,6 +9,8 @@ use crate::conditions::{DEGRADED, Desired, PROGRESSING, READY};
 pub const CIDR_OVERLAP: &str = "CIDROverlap";
 /// Selected nodes are left without a block because the pool has none free.
 pub const BLOCKS_EXHAUSTED: &str = "BlocksExhausted";
+/// The pool sets Calico fields Trellis accepts but does not act on yet.
+pub const UNSUPPORTED_FIELDS: &str = "UnsupportedFields";
 use super::convergence::Convergence;
 
 /// Everything the status of one pool depends on.
@@ -22,6 +25,8 @@ pub struct PoolFacts {
     pub selector_error: Option<String>,
     /// Selected nodes without a block of this pool because none is free.
     pub starved: Vec<String>,
+    /// Accepted settings Trellis does not act on yet (human messages).
+    pub unsupported: Vec<String>,
     pub convergence: Convergence,
 }
 
@@ -86,6 +91,13 @@ pub fn pool_status(facts: &PoolFacts) -> PoolStatusView {
                 listed(&facts.starved)
             ),
         )
+    };
+
+    // A warning, not a degradation: the pool works as far as Trellis implements it.
+    let unsupported = if facts.unsupported.is_empty() {
+        Desired::new(UNSUPPORTED_FIELDS, false, "AllFieldsSupported", "Trellis acts on every field this pool sets")
+    } else {
+        Desired::new(UNSUPPORTED_FIELDS, true, "FieldsNotImplemented", facts.unsupported.join("; "))
     };
 
     let errors: Vec<String> = c.errors.iter().map(|(n, e)| format!("{n}: {e}")).collect();
@@ -162,7 +174,7 @@ pub fn pool_status(facts: &PoolFacts) -> PoolStatusView {
         nodes_selected: selected,
         nodes_converged: converged,
         ready: format!("{converged}/{selected}"),
-        conditions: vec![ready, progressing, degraded, overlap, exhausted],
+        conditions: vec![ready, progressing, degraded, overlap, exhausted, unsupported],
     }
 }
 
@@ -191,6 +203,20 @@ mod tests {
 
     /// (case, facts, ready column, Ready, its reason, Progressing, Degraded, its reason)
     type Row = (&'static str, PoolFacts, &'static str, bool, &'static str, bool, bool, &'static str);
+
+    #[test]
+    fn unsupported_fields_warn_without_degrading_a_working_pool() {
+        let fine = pool_status(&facts(2, 2));
+        assert!(!cond(&fine, UNSUPPORTED_FIELDS).status);
+        let f = PoolFacts { unsupported: vec!["spec.disableBGPExport: Trellis runs no BGP".into()], ..facts(2, 2) };
+        let s = pool_status(&f);
+        let warning = cond(&s, UNSUPPORTED_FIELDS);
+        assert!(warning.status);
+        assert_eq!(warning.reason, "FieldsNotImplemented");
+        assert!(warning.message.contains("disableBGPExport"), "{}", warning.message);
+        assert!(cond(&s, "Ready").status, "a warning does not make the pool unready");
+        assert!(!cond(&s, "Degraded").status);
+    }
 
     #[test]
     fn status_follows_overlap_selector_exhaustion_and_convergence() {
