@@ -1,13 +1,17 @@
 //! The kernel layer: the part of the host's network stack Trellis owns, behind one trait.
 //!
 //! Design: [`KernelState`] is what Trellis owns *now*, read back in the same shapes the planner
-//! produces ([`crate::desired`]): `tunl0`, the one VXLAN device (by name), routes in table main
-//! carrying [`crate::desired::ROUTE_PROTOCOL`], and the permanent neighbour/FDB entries on the
-//! VXLAN device. Nothing else is ever read or touched, so foreign routes, links and neighbours
-//! are safe by construction. The pure [`crate::diff`] turns (current, desired) into ordered
-//! [`Change`]s; [`Kernel::apply_one`] executes one of them and [`apply`] runs a batch the
-//! netavark way (independent changes keep going, failures are aggregated) and rolls back a
-//! half-added peer (neighbour/FDB added but its route refused).
+//! produces ([`crate::desired`]): `tunl0` (with its owner mark and only our labelled address as
+//! ours), the one VXLAN device (by name), every route carrying
+//! [`crate::desired::ROUTE_PROTOCOL`] in any table (planner-shaped ones in table main as
+//! routes, all others as stray routes to sweep), and the permanent neighbour/FDB entries on the
+//! VXLAN device. Of everything else only the destinations of foreign routes in table main are
+//! read, so that no desired route replaces one of them; nothing else is touched, so foreign
+//! routes, links, addresses and neighbours are safe by construction. The pure [`crate::diff`]
+//! turns (current, desired) into ordered [`Change`]s; [`Kernel::apply_one`] executes one of
+//! them and [`apply`] runs a batch the netavark way (independent changes keep going, failures
+//! are aggregated) and rolls back a half-added peer (neighbour/FDB added but its route refused)
+//! as far as nothing in the kernel still needs it.
 //!
 //! The only implementation, [`netlink::NetlinkKernel`], wraps rtnetlink (pinned) in one file so a
 //! bump touches nothing else. It acts on the network namespace of the thread that created it.
