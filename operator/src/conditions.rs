@@ -9,6 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Settings accepted at admission that Trellis does not act on (yet).
+pub const IGNORED_SETTINGS: &str = "IgnoredSettings";
 
 /// A condition as a reconcile decides it; [`merge`] turns it into the API type.
 #[derive(Clone, Debug, PartialEq, Eq)]

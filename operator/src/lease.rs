@@ -1,9 +1,10 @@
 //! Leader election on a coordination.k8s.io Lease (via the `kube-lease-manager` crate).
 //!
-//! The holder renews every third of the lease duration; a standby polls until the Lease
-//! expires and then takes it, so after a leader dies a standby leads within the lease duration
-//! (plus one poll). A leader that shuts down gracefully releases the Lease at once. With leader
-//! election off, this replica always leads.
+//! The holder renews every third of the lease duration; a standby sleeps until the Lease it
+//! last saw expires and then takes it, so after a leader dies a standby leads within the lease
+//! duration (plus one poll). A leader that shuts down gracefully releases the Lease (clears its
+//! holder), so the standby takes it at its next check without having to break a stale lock.
+//! With leader election off, this replica always leads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +81,7 @@ impl Leadership {
         let _ = state.wait_for(|v| !*v).await;
     }
 
-    /// Gives the Lease up (if held) so a standby takes over at once, and leaves the election.
+    /// Gives the Lease up (if held) and leaves the election.
     pub async fn release(&self) {
         let Some((stop, task)) = self.inner.stop.lock().await.take() else { return };
         let _ = stop.send(());

@@ -78,3 +78,71 @@ impl<K: Kernel> DesiredSource<K> for ClusterSource {
         &self.vxlan_device
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::cluster_snapshot::{LocalIdentity, Settings, snapshot_from_cluster};
+    use crate::kernel::fake::FakeKernel;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    fn snapshot_with_peer() -> ClusterSnapshot {
+        use kube::api::ObjectMeta;
+        use trellis_api::{IPAMBlock, IPAMBlockSpec, IPPool, IPPoolSpec, NodeNetwork, NodeNetworkSpec};
+        let meta = |name: &str| ObjectMeta { name: Some(name.into()), generation: Some(3), ..Default::default() };
+        let pool = IPPool {
+            metadata: meta("p"),
+            spec: IPPoolSpec { cidr: "10.244.0.0/16".into(), ..Default::default() },
+            status: None,
+        };
+        let block = |cidr: &str, node: &str| IPAMBlock {
+            metadata: meta(cidr),
+            spec: IPAMBlockSpec { cidr: cidr.into(), pool: "p".into(), node: node.into() },
+            status: None,
+        };
+        let peer = NodeNetwork {
+            metadata: meta("node2"),
+            spec: NodeNetworkSpec { address: "10.0.1.12/24".into(), ..Default::default() },
+            status: None,
+        };
+        let me =
+            LocalIdentity { name: "node1".into(), address: "10.0.1.11/24".parse().unwrap(), uplink: "eth0".into() };
+        snapshot_from_cluster(
+            &me,
+            &[Arc::new(pool)],
+            &[Arc::new(block("10.244.1.0/26", "node1")), Arc::new(block("10.244.2.0/26", "node2"))],
+            &[Arc::new(peer)],
+            None,
+            &Settings::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn without_a_snapshot_there_is_no_desired_state_not_an_empty_one() {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let mut source = ClusterSource::new(shared, Capabilities::default(), "vxlan.trellis".into());
+        let kernel = FakeKernel::default();
+        let err = rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap_err();
+        assert!(err.to_string().contains("no cluster snapshot"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_rebuild_keeps_serving_the_last_good_snapshot_and_records_what_was_served() {
+        let shared = Arc::new(Mutex::new(Shared { latest: Some(snapshot_with_peer()), ..Default::default() }));
+        let mut source = ClusterSource::new(shared.clone(), Capabilities::default(), "vxlan.trellis".into());
+        let kernel = FakeKernel::default();
+        let first = rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
+        assert!(first.routes.contains_key(&"10.244.2.0/26".parse().unwrap()), "{:?}", first.routes);
+        lock(&shared).build_error = Some("API server gone".into());
+        let second = rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
+        assert_eq!(first, second);
+        let served = lock(&shared).served.clone();
+        assert_eq!(served.generations.get("p"), Some(&3));
+        assert_eq!(served.pools.len(), 1);
+        assert_eq!(served.mtu, Some(1500));
+    }
+}

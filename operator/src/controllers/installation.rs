@@ -34,7 +34,7 @@ use trellis_api::ip_pool::IPPool;
 use trellis_api::node_network::NodeNetwork;
 use trellis_api::{defaults, overlap};
 
-use crate::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
+use crate::conditions::{self, DEGRADED, Desired, IGNORED_SETTINGS, PROGRESSING, READY};
 use crate::pools::{self, ExistingPool, PoolStep};
 use crate::render::agent::{self, AGENT_NAME, AgentInputs, AgentObjects};
 use crate::{Context, Error, FIELD_MANAGER, Result, Stop};
@@ -103,6 +103,12 @@ async fn reconcile_installation(inst: Arc<Installation>, ctx: Arc<Context>) -> R
         return Ok(Action::await_change());
     }
 
+    // Accepted but not acted on (e.g. nodeAddressAutodetectionV6): said, not silently dropped.
+    let ignored = inst.spec.unsupported_fields();
+    if !ignored.is_empty() {
+        publish_state(&ctx, &inst, EventType::Warning, "SettingsIgnored", "Validate", ignored.join("; ")).await;
+    }
+
     // 3: pools.
     let mut problems = Vec::new();
     let entries = computed.network.as_ref().and_then(|n| n.ip_pools.clone()).unwrap_or_default();
@@ -123,7 +129,7 @@ async fn reconcile_installation(inst: Arc<Installation>, ctx: Arc<Context>) -> R
         mtu,
         conditions: conditions::merge(
             &previous.conditions,
-            &decide_conditions(&problems, &rollout(&daemon_set)),
+            &[decide_conditions(&problems, &rollout(&daemon_set)), vec![ignored_settings(&ignored)]].concat(),
             generation,
             Timestamp::now(),
         ),
@@ -376,6 +382,15 @@ pub fn decide_conditions(problems: &[String], rollout: &Rollout) -> Vec<Desired>
     vec![ready, progressing, degraded]
 }
 
+/// The IgnoredSettings condition: True, naming each setting, when the spec has any.
+pub fn ignored_settings(ignored: &[String]) -> Desired {
+    if ignored.is_empty() {
+        Desired::new(IGNORED_SETTINGS, false, "NoneIgnored", "every setting in the spec is in effect")
+    } else {
+        Desired::new(IGNORED_SETTINGS, true, "SettingsIgnored", ignored.join("; "))
+    }
+}
+
 async fn write_status(ctx: &Context, status: InstallationStatus) -> Result<()> {
     ctx.ensure_leader()?;
     let api: Api<Installation> = Api::all(ctx.client.clone());
@@ -488,6 +503,21 @@ mod tests {
         assert_eq!(rollout(&ds(2, Some(st(1, 3, 3, 3)))), Rollout::NotObserved, "status of the old template");
         assert_eq!(rollout(&ds(2, Some(st(2, 3, 1, 3)))), Rollout::InProgress { updated: 1, ready: 3, desired: 3 });
         assert_eq!(rollout(&ds(2, Some(st(2, 3, 3, 3)))), Rollout::Complete { desired: 3 });
+    }
+
+    #[test]
+    fn ignored_settings_are_named_in_a_condition() {
+        let spec = InstallationSpec {
+            calico_network: Some(NetworkSpec {
+                node_address_autodetection_v6: Some(Default::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = ignored_settings(&spec.unsupported_fields());
+        assert!(c.status);
+        assert!(c.message.contains("nodeAddressAutodetectionV6"), "{}", c.message);
+        assert!(!ignored_settings(&InstallationSpec::default().unsupported_fields()).status);
     }
 
     #[test]

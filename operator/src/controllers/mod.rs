@@ -62,11 +62,16 @@ where
     result
 }
 
-/// The retry every controller uses after a failed reconcile: soon for transient API errors,
-/// not at all for a replica that stopped leading (its controllers are being stopped).
+/// The retry every controller uses after a failed reconcile: at once for a write that lost an
+/// optimistic-concurrency race (the object changed between read and write: read it again),
+/// soon for other API errors, not at all for a replica that stopped leading (its controllers
+/// are being stopped).
 pub fn retry_after(error: &Error) -> Action {
     match error {
         Error::NotLeader => Action::await_change(),
+        Error::Kube { source: kube::Error::Api(status), .. } if status.is_conflict() => {
+            Action::requeue(Duration::from_millis(200))
+        }
         _ => Action::requeue(Duration::from_secs(5)),
     }
 }
