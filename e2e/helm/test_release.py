@@ -57,7 +57,7 @@ def cfg():
         config.uninstall(RELEASE, ignore_not_found=True)
         # What earlier tests on this API server left (the test bed has no garbage collector):
         # an Installation not owned by a release would make `helm install` refuse to adopt it.
-        kubectl("delete", "installation", "default", "--ignore-not-found")
+        kubectl("delete", "installation", "default", "--ignore-not-found", check=False)  # no CRD yet: fine
         kubectl("delete", "clusterrole,clusterrolebinding", "trellis-agent", "--ignore-not-found")
         kubectl("delete", "-n", NAMESPACE, "daemonset,serviceaccount", "trellis-agent", "--ignore-not-found")
         kubectl("delete", "-n", NAMESPACE, "lease", "--all", "--ignore-not-found")
