@@ -85,8 +85,8 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         vxlan: VxlanSettings::default(),
     };
     let kernel = NetlinkKernel::new().map_err(AgentError::Kernel)?.with_vxlan_device(&settings.vxlan.device);
-    let caps = kernel.capabilities().await;
-    tracing::info!(ipip = caps.ipip, vxlan = caps.vxlan, "kernel capabilities");
+    // Capabilities are probed lazily by the source: a tunnel kind only when a pool needs it
+    // (no `modprobe ipip` on a VXLAN-only cluster), a "no" again on the next pass.
 
     let (cluster_tx, cluster_rx) = tokio::sync::mpsc::unbounded_channel();
     let stores = Stores::start(client.clone(), &config.node_name, cluster_tx);
@@ -111,7 +111,6 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         node_name: config.node_name.clone(),
         stores: stores.clone(),
         settings,
-        caps,
         node_networks: Api::all(client.clone()),
         published: None,
         shared: shared.clone(),
@@ -135,7 +134,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let cluster_changed = Arc::new(AtomicBool::new(false));
     let (outcome_tx, outcome_rx) = tokio::sync::watch::channel(None::<PassOutcome>);
 
-    let mut source = ClusterSource::new(shared.clone(), caps, cluster.settings.vxlan.device.clone());
+    let mut source = ClusterSource::new(shared.clone(), None, cluster.settings.vxlan.device.clone());
     let options = LoopOptions { resync_interval: config.resync_interval, ..Default::default() };
     let on_pass = {
         let shared = shared.clone();
@@ -219,7 +218,6 @@ struct ClusterSide {
     node_name: String,
     stores: Stores,
     settings: Settings,
-    caps: crate::desired::Capabilities,
     node_networks: Api<NodeNetwork>,
     /// The NodeNetwork last applied successfully (as JSON: the generated type has no `==`).
     published: Option<serde_json::Value>,
@@ -308,7 +306,10 @@ impl ClusterSide {
     async fn publish(&mut self, node: &Node, snapshot: &super::cluster_snapshot::ClusterSnapshot) {
         let s = &snapshot.snapshot.node;
         let identity = LocalIdentity { name: s.name.clone(), address: s.address, uplink: s.uplink.clone() };
-        let object = match node_network::object_for(node, node_network::spec_for(&identity, &s.blocks, self.caps)) {
+        // What the passes have probed so far (a kind no pool needed reads as unsupported until
+        // one does); published at the next cluster change or resync after a probe.
+        let caps = lock(&self.shared).capabilities.capabilities();
+        let object = match node_network::object_for(node, node_network::spec_for(&identity, &s.blocks, caps)) {
             Ok(object) => object,
             Err(e) => return tracing::warn!(error = %e, "NodeNetwork not published"),
         };

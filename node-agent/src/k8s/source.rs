@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::cluster_snapshot::ClusterSnapshot;
 use crate::desired::{Capabilities, DesiredState, PoolPlan};
 use crate::kernel::Kernel;
+use crate::kernel::caps::{CapabilityCache, Needs};
 use crate::reconcile::{BoxError, DesiredSource, desired_from_snapshot};
 
 /// What the last pass was planned from (for the NodeNetwork status).
@@ -32,6 +33,9 @@ pub struct Shared {
     /// Why the newest rebuild failed (the previous snapshot stays in force).
     pub build_error: Option<String>,
     pub served: Served,
+    /// Tunnel kinds probed so far (lazily, when a pool needs one); the NodeNetwork publishes
+    /// what is known.
+    pub capabilities: CapabilityCache,
 }
 
 /// Locks `shared`, surviving a poisoned lock (the data is plain values).
@@ -45,13 +49,15 @@ pub struct NoSnapshot;
 
 pub struct ClusterSource {
     shared: Arc<Mutex<Shared>>,
-    caps: Capabilities,
+    /// Fixed capabilities (tests); `None`: probe lazily, only the kinds a pool needs, and
+    /// probe a "no" again on the next pass that needs it (see [`CapabilityCache`]).
+    fixed_caps: Option<Capabilities>,
     vxlan_device: String,
 }
 
 impl ClusterSource {
-    pub fn new(shared: Arc<Mutex<Shared>>, caps: Capabilities, vxlan_device: String) -> Self {
-        Self { shared, caps, vxlan_device }
+    pub fn new(shared: Arc<Mutex<Shared>>, fixed_caps: Option<Capabilities>, vxlan_device: String) -> Self {
+        Self { shared, fixed_caps, vxlan_device }
     }
 }
 
@@ -60,7 +66,17 @@ impl<K: Kernel> DesiredSource<K> for ClusterSource {
         let started = Instant::now();
         let latest = lock(&self.shared).latest.clone().ok_or(NoSnapshot)?;
         self.vxlan_device = latest.snapshot.vxlan.device.clone();
-        let result = desired_from_snapshot(kernel, latest.snapshot, self.caps).await;
+        let caps = match self.fixed_caps {
+            Some(caps) => caps,
+            None => {
+                // Probing may load a module or create a throw-away device: not under the lock.
+                let mut cache = lock(&self.shared).capabilities.clone();
+                let caps = cache.detect(kernel, Needs::of(&latest.snapshot.pools)).await;
+                lock(&self.shared).capabilities = cache;
+                caps
+            }
+        };
+        let result = desired_from_snapshot(kernel, latest.snapshot, caps).await;
         let served = match &result {
             Ok(desired) => Served {
                 started: Some(started),
@@ -124,7 +140,7 @@ mod tests {
     #[test]
     fn without_a_snapshot_there_is_no_desired_state_not_an_empty_one() {
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let mut source = ClusterSource::new(shared, Capabilities::default(), "vxlan.trellis".into());
+        let mut source = ClusterSource::new(shared, Some(Capabilities::default()), "vxlan.trellis".into());
         let kernel = FakeKernel::default();
         let err = rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap_err();
         assert!(err.to_string().contains("no cluster snapshot"), "{err}");
@@ -133,7 +149,7 @@ mod tests {
     #[test]
     fn a_failed_rebuild_keeps_serving_the_last_good_snapshot_and_records_what_was_served() {
         let shared = Arc::new(Mutex::new(Shared { latest: Some(snapshot_with_peer()), ..Default::default() }));
-        let mut source = ClusterSource::new(shared.clone(), Capabilities::default(), "vxlan.trellis".into());
+        let mut source = ClusterSource::new(shared.clone(), Some(Capabilities::default()), "vxlan.trellis".into());
         let kernel = FakeKernel::default();
         let first = rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
         assert!(first.routes.contains_key(&"10.244.2.0/26".parse().unwrap()), "{:?}", first.routes);
@@ -144,5 +160,28 @@ mod tests {
         assert_eq!(served.generations.get("p"), Some(&3));
         assert_eq!(served.pools.len(), 1);
         assert_eq!(served.mtu, Some(1500));
+    }
+
+    #[test]
+    fn cluster_source_probes_only_the_tunnel_kinds_a_pool_needs_and_shares_what_it_learnt() {
+        use crate::kernel::caps::TunnelKind::Vxlan;
+        use trellis_api::EncapMode;
+        // The pool in `snapshot_with_peer` is unencapsulated: nothing is probed (no modprobe).
+        let shared = Arc::new(Mutex::new(Shared { latest: Some(snapshot_with_peer()), ..Default::default() }));
+        let mut source = ClusterSource::new(shared.clone(), None, "vxlan.trellis".into());
+        let kernel = FakeKernel::default();
+        rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
+        assert!(kernel.probes.borrow().is_empty(), "probed {:?}", kernel.probes.borrow());
+        assert_eq!(lock(&shared).capabilities, CapabilityCache::default());
+
+        // A VXLAN pool: VXLAN is probed once, never ipip, and the NodeNetwork side sees it.
+        let mut vxlan = snapshot_with_peer();
+        vxlan.snapshot.pools[0].vxlan_mode = EncapMode::Always;
+        lock(&shared).latest = Some(vxlan);
+        let desired = rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
+        rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
+        assert_eq!(desired.pools[0].error, None);
+        assert_eq!(*kernel.probes.borrow(), vec![Vxlan]);
+        assert_eq!(lock(&shared).capabilities.capabilities(), Capabilities { ipip: false, vxlan: true });
     }
 }
