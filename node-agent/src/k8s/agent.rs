@@ -34,8 +34,8 @@ use super::node_network;
 use super::source::{ClusterSource, Shared, lock};
 use super::status::{self, PassOutcome};
 use super::stores::{ClusterEvent, Stores};
+use crate::kernel::KernelError;
 use crate::kernel::netlink::{self, KernelEvent, NetlinkKernel};
-use crate::kernel::{Kernel, KernelError};
 use crate::reconcile::{self, LoopOptions, PassReport, ReconcileError, SystemHost, Trigger};
 use crate::snapshot::{CniSettings, VxlanSettings};
 
