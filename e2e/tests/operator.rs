@@ -73,6 +73,11 @@ impl Bed {
         Ok(OperatorProcess::start(self.api.kubeconfig(), identity, &args)?)
     }
 
+    /// `kubectl patch installation default --type merge -p PATCH`, as a user would.
+    fn patch_installation(&self, patch: &str) -> Result<String> {
+        self.kubectl(&["patch", "installation", "default", "--type", "merge", "-p", patch])
+    }
+
     fn kubectl(&self, args: &[&str]) -> Result<String> {
         let out = self.api.kubectl(args)?;
         ensure!(out.status.success(), "kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
@@ -383,15 +388,7 @@ async fn user_patch_of_operator_created_pool_sticks() -> Result<()> {
         r#"{"spec":{"ipipMode":"Never","vxlanMode":"Always"}}"#,
     ])?;
     // Another field of the same Installation entry changes: that one is carried...
-    bed.kubectl(&[
-        "patch",
-        "installation",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        &json!({"spec": {"network": {"ipPools": [pool("Disabled")]}}}).to_string(),
-    ])?;
+    bed.patch_installation(&json!({"spec": {"network": {"ipPools": [pool("Disabled")]}}}).to_string())?;
     bed.reconciled().await?;
     let api = bed.pools();
     let p = wait_for("natOutgoing=false carried to the pool", WAIT, || async {
@@ -404,15 +401,7 @@ async fn user_patch_of_operator_created_pool_sticks() -> Result<()> {
     assert_eq!(spec_json(&p)["vxlanMode"], "Always", "the operator reverted the user's patch: {:?}", p.spec);
 
     // More reconciles (an unrelated Installation change, then a restarted operator) keep it too.
-    bed.kubectl(&[
-        "patch",
-        "installation",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"network":{"mtu":1400}}}"#,
-    ])?;
+    bed.patch_installation(r#"{"spec":{"network":{"mtu":1400}}}"#)?;
     let inst = bed.reconciled().await?;
     assert_eq!(inst.status.as_ref().and_then(|s| s.mtu), Some(1400));
     drop(_op);
@@ -485,30 +474,14 @@ async fn changed_template_rolls_the_daemonset() -> Result<()> {
     let hash = config_hash(&before).context("no hash")?;
 
     // A change that does not touch the template: no roll.
-    bed.kubectl(&[
-        "patch",
-        "installation",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"network":{"mtu":1350}}}"#,
-    ])?;
+    bed.patch_installation(r#"{"spec":{"network":{"mtu":1350}}}"#)?;
     bed.reconciled().await?;
     let same = bed.daemon_sets().get(AGENT).await?;
     assert_eq!(config_hash(&same), Some(hash.clone()));
     assert_eq!(same.metadata.generation, before.metadata.generation, "the DaemonSet was rewritten without a change");
 
     // The CNI conf dir is in the template: the DaemonSet rolls.
-    bed.kubectl(&[
-        "patch",
-        "installation",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"cni":{"confDir":"/etc/cni/rolled.d"}}}"#,
-    ])?;
+    bed.patch_installation(r#"{"spec":{"cni":{"confDir":"/etc/cni/rolled.d"}}}"#)?;
     let ds = wait_for("a new pod template", WAIT, || async {
         let ds = bed.daemon_sets().get(AGENT).await.map_err(|e| e.to_string())?;
         if config_hash(&ds).as_ref() != Some(&hash) { Ok(ds) } else { Err("same hash".into()) }
@@ -696,15 +669,7 @@ async fn effective_mtu_is_the_installation_value_else_the_smallest_node_mtu() ->
     .await?;
     ensure!(expected <= Some(1201), "our 1201 is not the minimum: {expected:?}");
 
-    bed.kubectl(&[
-        "patch",
-        "installation",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"network":{"mtu":1300}}}"#,
-    ])?;
+    bed.patch_installation(r#"{"spec":{"network":{"mtu":1300}}}"#)?;
     let inst = bed.reconciled().await?;
     assert_eq!(inst.status.as_ref().and_then(|s| s.mtu), Some(1300), "the Installation's MTU wins");
     drop(guards);
@@ -735,15 +700,7 @@ async fn tigera_installation_manifest_creates_its_pool() -> Result<()> {
     assert_eq!(condition(&inst, "IgnoredSettings").map(|c| c.status.as_str()), Some("False"));
 
     // A setting Trellis accepts but does not use is said, not silently dropped.
-    bed.kubectl(&[
-        "patch",
-        "installation",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"calicoNetwork":{"nodeAddressAutodetectionV6":{"firstFound":true}}}}"#,
-    ])?;
+    bed.patch_installation(r#"{"spec":{"calicoNetwork":{"nodeAddressAutodetectionV6":{"firstFound":true}}}}"#)?;
     let inst = bed.reconciled().await?;
     let ignored = condition(&inst, "IgnoredSettings").context("no IgnoredSettings")?;
     assert_eq!(ignored.status, "True");
