@@ -12,6 +12,7 @@ pub mod k8s;
 pub mod kernel;
 pub mod nat;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod snapshot;
 pub mod vtep;
