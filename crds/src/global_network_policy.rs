@@ -227,10 +227,12 @@ pub struct PortError(pub String);
 
 /// Parses a Calico port entry (a number, or `from:to`).
 pub fn parse_port(port: &IntOrString) -> Result<PortRange, PortError> {
-    let bad = || PortError(match port {
-        IntOrString::Int(n) => n.to_string(),
-        IntOrString::String(s) => s.clone(),
-    });
+    let bad = || {
+        PortError(match port {
+            IntOrString::Int(n) => n.to_string(),
+            IntOrString::String(s) => s.clone(),
+        })
+    };
     let number = |s: &str| s.trim().parse::<u16>().ok().filter(|n| *n > 0);
     match port {
         IntOrString::Int(n) => {

@@ -17,5 +17,6 @@ pub mod kapi;
 pub mod netns;
 pub mod operator;
 pub mod pod;
+pub mod policy;
 pub mod probe;
 pub mod topology;

@@ -32,7 +32,10 @@ pub enum ApplyError {
 pub enum Outcome {
     Unchanged,
     /// Set/map elements added and deleted.
-    Elements { added: usize, deleted: usize },
+    Elements {
+        added: usize,
+        deleted: usize,
+    },
     /// The table was replaced: why.
     Replaced(Reason),
 }
@@ -100,9 +103,9 @@ pub fn listing() -> Result<Option<Value>, ApplyError> {
 }
 
 fn run(script: &str) -> Result<(), ApplyError> {
-    nft(&["-f", "/dev/stdin"], Some(script)).map(|_| ()).map_err(|(missing, e)| {
-        if missing { ApplyError::NftMissing(e) } else { ApplyError::Apply(e) }
-    })
+    nft(&["-f", "/dev/stdin"], Some(script))
+        .map(|_| ())
+        .map_err(|(missing, e)| if missing { ApplyError::NftMissing(e) } else { ApplyError::Apply(e) })
 }
 
 /// Deletes the table (if any) in one transaction.

@@ -218,10 +218,11 @@ pub fn compile(inputs: &PolicyInputs) -> Compiled {
                 lines.push(Line::new(vec![], Verdict::Drop));
                 chain(&format!("k8s-{}", direction.short()), lines, &mut ruleset.chains)
             });
-            let global = super::global::lines(&mut ctx, &globals, pod, direction, kubernetes.as_deref()).map(|mut lines| {
-                lines.push(Line::new(vec![], Verdict::Drop));
-                chain(&format!("gnp-{}", direction.short()), lines, &mut ruleset.chains)
-            });
+            let global =
+                super::global::lines(&mut ctx, &globals, pod, direction, kubernetes.as_deref()).map(|mut lines| {
+                    lines.push(Line::new(vec![], Verdict::Drop));
+                    chain(&format!("gnp-{}", direction.short()), lines, &mut ruleset.chains)
+                });
             if let Some(entry) = global.or(kubernetes) {
                 let map = match direction {
                     Direction::Ingress => &mut ruleset.ingress,

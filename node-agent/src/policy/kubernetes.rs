@@ -67,7 +67,7 @@ pub fn lines(ctx: &mut Ctx, pod: &Pod, direction: Direction) -> Option<Vec<Line>
         }
         isolated = true;
         let namespace = pod.namespace.clone();
-        let rules: Vec<(Option<&Vec<NetworkPolicyPeer>>, Option<&Vec<NetworkPolicyPort>>)> = match direction {
+        let rules: Vec<RuleParts> = match direction {
             Direction::Ingress => spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect(),
             Direction::Egress => spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect(),
         };
@@ -79,6 +79,9 @@ pub fn lines(ctx: &mut Ctx, pod: &Pod, direction: Direction) -> Option<Vec<Line>
     isolated.then_some(out)
 }
 
+/// A rule's peers (`from`/`to`) and ports.
+type RuleParts<'a> = (Option<&'a Vec<NetworkPolicyPeer>>, Option<&'a Vec<NetworkPolicyPort>>);
+
 /// A peer as a group of pods, or an ipBlock, or anyone.
 enum Peer {
     Anyone,
@@ -87,13 +90,19 @@ enum Peer {
 }
 
 fn selector(ctx: &mut Ctx, policy: &NetworkPolicy, field: &str, s: &LabelSelector) -> Option<LabelSel> {
-    LabelSel::parse(s).map_err(|e| ctx.warnings.push(format!("{}: {field}: {e}; peer ignored", policy_name(policy)))).ok()
+    LabelSel::parse(s)
+        .map_err(|e| ctx.warnings.push(format!("{}: {field}: {e}; peer ignored", policy_name(policy))))
+        .ok()
 }
 
 fn peer(ctx: &mut Ctx, policy: &NetworkPolicy, namespace: &str, p: &NetworkPolicyPeer, end: rule::End) -> Option<Peer> {
     if let Some(block) = &p.ip_block {
         let Ok(cidr) = block.cidr.parse::<ipnet::IpNet>() else {
-            ctx.warnings.push(format!("{}: ipBlock.cidr {:?} is not a CIDR; peer ignored", policy_name(policy), block.cidr));
+            ctx.warnings.push(format!(
+                "{}: ipBlock.cidr {:?} is not a CIDR; peer ignored",
+                policy_name(policy),
+                block.cidr
+            ));
             return None;
         };
         let mut except = Vec::new();
@@ -101,7 +110,8 @@ fn peer(ctx: &mut Ctx, policy: &NetworkPolicy, namespace: &str, p: &NetworkPolic
             match e.parse::<ipnet::IpNet>() {
                 Ok(n) => except.push(n),
                 Err(_) => {
-                    ctx.warnings.push(format!("{}: ipBlock.except {e:?} is not a CIDR; peer ignored", policy_name(policy)));
+                    ctx.warnings
+                        .push(format!("{}: ipBlock.except {e:?} is not a CIDR; peer ignored", policy_name(policy)));
                     return None;
                 }
             }
@@ -145,7 +155,8 @@ fn port_alternatives(
         n
     };
     let proto = Cond::Protocol(protocol);
-    let dport = |first: u16, last: u16| Cond::Ports { end: rule::End::Destination, ranges: vec![Ports { first, last }] };
+    let dport =
+        |first: u16, last: u16| Cond::Ports { end: rule::End::Destination, ranges: vec![Ports { first, last }] };
     let addresses = match peer {
         Peer::Anyone => Alternatives::any(),
         Peer::Pods(group) => ctx.group_addresses(direction.remote(), group),

@@ -138,15 +138,21 @@ mod tests {
             match_expressions: None,
         })
         .unwrap();
-        let b = LabelSel::parse(&LabelSelector { match_labels: None, match_expressions: Some(vec![req("app", "In", &["web"])]) })
-            .unwrap();
+        let b = LabelSel::parse(&LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![req("app", "In", &["web"])]),
+        })
+        .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "app in (web)");
     }
 
     #[test]
     fn unknown_operator_is_an_error() {
-        let e = LabelSel::parse(&LabelSelector { match_labels: None, match_expressions: Some(vec![req("a", "Gt", &["1"])]) });
+        let e = LabelSel::parse(&LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![req("a", "Gt", &["1"])]),
+        });
         assert_eq!(e, Err(LabelSelectorError { key: "a".into(), operator: "Gt".into() }));
     }
 }

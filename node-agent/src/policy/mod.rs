@@ -17,6 +17,7 @@ pub mod compile;
 // pub mod enforcer;
 pub mod global;
 pub mod inputs;
+pub mod interfaces;
 pub mod kubernetes;
 pub mod label_selector;
 pub mod rule;

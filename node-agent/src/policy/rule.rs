@@ -250,7 +250,10 @@ mod tests {
                 Cond::InSet { end: End::Source, family: Family::V4, set: "pods-1-v4".into() },
                 Cond::Nets { end: End::Source, family: Family::V4, nets: vec![net("10.0.1.0/24")], negated: true },
                 Cond::Protocol(Protocol::Tcp),
-                Cond::Ports { end: End::Destination, ranges: vec![Ports { first: 80, last: 80 }, Ports { first: 90, last: 99 }] },
+                Cond::Ports {
+                    end: End::Destination,
+                    ranges: vec![Ports { first: 80, last: 80 }, Ports { first: 90, last: 99 }],
+                },
             ],
             Verdict::Allow,
         );
@@ -267,10 +270,14 @@ mod tests {
     fn and_drops_combinations_of_different_families() {
         let addrs = nets(End::Source, &[net("10.0.0.0/8"), net("fd00::/8"), net("10.1.0.0/16")], false);
         assert_eq!(addrs.0.len(), 2, "one alternative per family, 10.1/16 merged into 10/8");
-        let v4_set = Alternatives::one(vec![Cond::InSet { end: End::Destination, family: Family::V4, set: "s".into() }]);
+        let v4_set =
+            Alternatives::one(vec![Cond::InSet { end: End::Destination, family: Family::V4, set: "s".into() }]);
         let both = addrs.and(&v4_set);
         assert_eq!(both.0.len(), 1);
-        assert_eq!(both.0[0][0], Cond::Nets { end: End::Source, family: Family::V4, nets: vec![net("10.0.0.0/8")], negated: false });
+        assert_eq!(
+            both.0[0][0],
+            Cond::Nets { end: End::Source, family: Family::V4, nets: vec![net("10.0.0.0/8")], negated: false }
+        );
         assert!(Alternatives::none().and(&Alternatives::any()).0.is_empty());
         assert_eq!(Alternatives::any().and(&Alternatives::any()), Alternatives::any());
         let icmp6 = Alternatives::one(vec![Cond::Protocol(Protocol::IcmpV6)]);

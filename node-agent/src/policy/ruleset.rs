@@ -193,11 +193,7 @@ impl Ruleset {
                 let _ = writeln!(adds, "add element {t} {map} {{ {} }}", join(&new));
             }
         }
-        if added + deleted == 0 {
-            Update::None
-        } else {
-            Update::Elements { script: deletes + &adds, added, deleted }
-        }
+        if added + deleted == 0 { Update::None } else { Update::Elements { script: deletes + &adds, added, deleted } }
     }
 }
 
@@ -219,7 +215,10 @@ mod tests {
         r.chains.insert(
             "k8s-in-x".into(),
             vec![
-                Line::new(vec![Cond::InSet { end: End::Source, family: Family::V4, set: "pods-a-v4".into() }], Verdict::Allow),
+                Line::new(
+                    vec![Cond::InSet { end: End::Source, family: Family::V4, set: "pods-a-v4".into() }],
+                    Verdict::Allow,
+                ),
                 Line::new(vec![], Verdict::Drop),
             ],
         );
@@ -232,9 +231,15 @@ mod tests {
         let s = ruleset(&["10.0.0.2", "10.0.0.3"], &[("veth1", "k8s-in-x")]).replace_script();
         let pos = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} missing in\n{s}"));
         assert!(s.starts_with("add table inet trellis-policy\ndelete table inet trellis-policy\n"));
-        assert!(pos("add set inet trellis-policy pods-a-v4 { type ipv4_addr; }") < pos("add rule inet trellis-policy k8s-in-x ip saddr @pods-a-v4 return"));
+        assert!(
+            pos("add set inet trellis-policy pods-a-v4 { type ipv4_addr; }")
+                < pos("add rule inet trellis-policy k8s-in-x ip saddr @pods-a-v4 return")
+        );
         assert!(pos("add element inet trellis-policy pods-a-v4 { 10.0.0.2, 10.0.0.3 }") > 0);
-        assert!(pos("add chain inet trellis-policy k8s-in-x\n") < pos("add element inet trellis-policy ingress-pods { \"veth1\" : jump k8s-in-x }"));
+        assert!(
+            pos("add chain inet trellis-policy k8s-in-x\n")
+                < pos("add element inet trellis-policy ingress-pods { \"veth1\" : jump k8s-in-x }")
+        );
         assert!(pos("oifname vmap @ingress-pods") > pos("ct state established ct direction reply accept"));
     }
 

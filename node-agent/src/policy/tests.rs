@@ -115,8 +115,22 @@ fn matrix(r: &Ruleset, protocol: Protocol, port: u16) -> String {
         out += &format!("\n{from}   ");
         for to in PODS {
             let (iif, oif) = (format!("veth-{}", from.replace('/', "-")), format!("veth-{}", to.replace('/', "-")));
-            let p = Packet { src: addr_of(from), dst: addr_of(to), protocol, sport: 40000, dport: port, iif: &iif, oif: &oif };
-            out += if from == to { "   ." } else if forwarded(r, &p) { "   ✓" } else { "   ✗" };
+            let p = Packet {
+                src: addr_of(from),
+                dst: addr_of(to),
+                protocol,
+                sport: 40000,
+                dport: port,
+                iif: &iif,
+                oif: &oif,
+            };
+            out += if from == to {
+                "   ."
+            } else if forwarded(r, &p) {
+                "   ✓"
+            } else {
+                "   ✗"
+            };
         }
     }
     out
@@ -131,7 +145,13 @@ fn expected(allowed: impl Fn(&str, &str) -> bool) -> String {
     for from in PODS {
         out += &format!("\n{from}   ");
         for to in PODS {
-            out += if from == to { "   ." } else if allowed(from, to) { "   ✓" } else { "   ✗" };
+            out += if from == to {
+                "   ."
+            } else if allowed(from, to) {
+                "   ✓"
+            } else {
+                "   ✗"
+            };
         }
     }
     out
@@ -312,7 +332,15 @@ spec:
     let r = compile(&inputs).ruleset;
     let egress_ok = |from: &str, to: &str, protocol: Protocol, port: u16| {
         let iif = format!("veth-{}", from.replace('/', "-"));
-        let p = Packet { src: addr_of(from), dst: addr_of(to), protocol, sport: 40000, dport: port, iif: &iif, oif: "uplink" };
+        let p = Packet {
+            src: addr_of(from),
+            dst: addr_of(to),
+            protocol,
+            sport: 40000,
+            dport: port,
+            iif: &iif,
+            oif: "uplink",
+        };
         forwarded(&r, &p)
     };
     assert!(egress_ok("x/b", "z/a", Protocol::Udp, 53), "DNS allowed");
@@ -323,7 +351,9 @@ spec:
     assert!(egress_ok("y/b", "z/c", Protocol::Tcp, 80), "passed, no Kubernetes policy selects y/b");
     // Pass comes before allow-dns (order 10 < 100): y/a's DNS goes to Kubernetes, which denies.
     assert!(!egress_ok("y/a", "z/a", Protocol::Udp, 53));
-    assert!(r.chains.values().flatten().any(|l| matches!(&l.verdict, Verdict::Log(p) if p.contains("y-to-kubernetes"))));
+    assert!(
+        r.chains.values().flatten().any(|l| matches!(&l.verdict, Verdict::Log(p) if p.contains("y-to-kubernetes")))
+    );
 }
 
 #[test]
