@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use trellis_api::EncapMode;
 use trellis_api::ip_pool::{AllowedUse, DEFAULT_ALLOWED_USES};
 
-use crate::desired::{Encapsulation, Phase};
-use crate::vtep::MacAddr;
+use crate::model::{Encapsulation, MacAddr, Phase};
 
 /// Everything the planner needs to know about the cluster, seen from one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

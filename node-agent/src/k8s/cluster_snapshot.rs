@@ -14,9 +14,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use trellis_api::{EncapMode, IPAMBlock, IPPool, Installation, NodeNetwork};
 
-use crate::desired::{Encapsulation, Phase};
+use crate::model::{Encapsulation, MacAddr, Phase};
 use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, PoolTransition, Snapshot, VxlanSettings};
-use crate::vtep::MacAddr;
 
 /// This node as detected locally.
 #[derive(Clone, Debug, PartialEq, Eq)]

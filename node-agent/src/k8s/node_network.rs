@@ -14,8 +14,7 @@ use trellis_api::node_network::KernelCapabilities;
 use trellis_api::{NodeNetwork, NodeNetworkSpec};
 
 use super::cluster_snapshot::LocalIdentity;
-use crate::desired::Capabilities;
-use crate::vtep::MacAddr;
+use crate::model::{Capabilities, MacAddr};
 
 /// Field manager of everything the agent writes.
 pub const FIELD_MANAGER: &str = "trellis-agent";

@@ -15,7 +15,7 @@ use trellis_api::node_network::AppliedPool;
 use trellis_api::{NodeNetwork, NodeNetworkStatus};
 
 use super::node_network::FIELD_MANAGER;
-use crate::desired::PoolPlan;
+use crate::model::PoolPlan;
 
 /// What one pass did, in the terms of the status.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -149,7 +149,7 @@ pub async fn write(api: &Api<NodeNetwork>, name: &str, status: &NodeNetworkStatu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::Encapsulation;
+    use crate::model::Encapsulation;
     use trellis_api::EncapMode;
 
     fn at(secs: i64) -> Time {
@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn a_phase_is_reported_only_after_a_pass_applied_all_of_it() {
         let mut o = outcome();
-        o.pools[0].phase = Some(crate::desired::Phase::Switch);
+        o.pools[0].phase = Some(crate::model::Phase::Switch);
         let s = status_for(&o, None, at(1));
         assert_eq!(s.pools[0].phase.as_deref(), Some("Switch"));
         assert_eq!(s.pools[1].phase, None);
