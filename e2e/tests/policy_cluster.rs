@@ -25,7 +25,10 @@ fn ns_of(name: &str) -> &str {
 /// nodes, servers started.
 fn workload(c: &mut Cluster) -> Result<(Vec<Target>, BTreeMap<String, String>)> {
     for ns in ["x", "y", "z"] {
-        c.kubectl_stdin(&["apply", "-f", "-"], &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"))?;
+        c.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"),
+        )?;
     }
     let nodes: Vec<String> = c.nodes().iter().map(|n| n.name.clone()).collect();
     let (mut targets, mut node_of) = (Vec::new(), BTreeMap::new());
@@ -43,7 +46,12 @@ fn workload(c: &mut Cluster) -> Result<(Vec<Target>, BTreeMap<String, String>)> 
 }
 
 /// Waits until the observed truth tables equal `allowed` on every port.
-fn wait_enforced(c: &Cluster, targets: &[Target], case: &str, allowed: impl Fn(Port, &str, &str) -> bool) -> Result<()> {
+fn wait_enforced(
+    c: &Cluster,
+    targets: &[Target],
+    case: &str,
+    allowed: impl Fn(Port, &str, &str) -> bool,
+) -> Result<()> {
     probe::wait_until(case, ENFORCED, || policy::check(targets, case, &allowed).map_err(|e| e.to_string()))
         .map_err(|e| c.with_dump(e).into())
         .map(|_| ())
@@ -62,7 +70,10 @@ fn cluster_enforces_kubernetes_and_global_network_policy() -> Result<()> {
     let (targets, _) = workload(&mut c)?;
     wait_enforced(&c, &targets, "no policy", |_, _, _| true)?;
 
-    apply(&c, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n")?;
+    apply(
+        &c,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n",
+    )?;
     wait_enforced(&c, &targets, "default deny ingress in x", |_, _, to| ns_of(to) != "x")?;
 
     apply(
@@ -77,13 +88,11 @@ spec:
     ports: [{port: 80}, {protocol: UDP, port: 80}]
 "#,
     )?;
-    let from_y_b = |port: Port, from: &str, to: &str| {
-        ns_of(to) != "x" || (to == "x/a" && from == "y/b" && port != Port::Tcp(81))
-    };
+    let from_y_b =
+        |port: Port, from: &str, to: &str| ns_of(to) != "x" || (to == "x/a" && from == "y/b" && port != Port::Tcp(81));
     wait_enforced(&c, &targets, "x/a open to y/b on port 80", from_y_b)?;
 
-    // Relabelling z/c as pod=b in namespace y's sense does nothing (wrong namespace);
-    // relabelling y/c to pod=b opens x/a to it.
+    // Relabelling y/c to pod=b opens x/a to it (a set element on the node of x/a).
     c.kubectl(&["label", "pod", "-n", "y", "yc", "pod=b", "--overwrite"])?;
     wait_enforced(&c, &targets, "y/c relabelled pod=b", |port, from, to| {
         from_y_b(port, from, to) || (to == "x/a" && from == "y/c" && port != Port::Tcp(81))
