@@ -76,6 +76,14 @@ fn cluster_enforces_kubernetes_and_global_network_policy() -> Result<()> {
     )?;
     wait_enforced(&c, &targets, "default deny ingress in x", |_, _, to| ns_of(to) != "x")?;
 
+    // Drift: the table deleted by hand on every node comes back (nftables notifications).
+    for node in c.nodes() {
+        trellis_e2e::cmd::in_ns(&node.netns, "nft", &["delete", "table", "inet", "trellis-policy"])?;
+    }
+    wait_enforced(&c, &targets, "default deny ingress in x after the tables were deleted", |_, _, to| {
+        ns_of(to) != "x"
+    })?;
+
     apply(
         &c,
         r#"apiVersion: networking.k8s.io/v1
