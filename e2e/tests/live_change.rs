@@ -43,7 +43,7 @@ const SETTLE: Duration = Duration::from_millis(700);
 /// A cluster of node namespaces with one agent each and one operator. Field order is drop order.
 struct Bed {
     operator: Option<OperatorProcess>,
-    agents: Vec<AgentProcess>,
+    agents: BTreeMap<usize, AgentProcess>,
     forwards: Vec<LoopbackForward>,
     topo: Topology,
     api: ApiServer,
@@ -54,7 +54,8 @@ struct Bed {
 }
 
 impl Bed {
-    fn new(tag: &str) -> Result<Bed> {
+    /// The cluster with a running operator whose phases wait `timeout_secs` for a node.
+    fn new(tag: &str, timeout_secs: u64) -> Result<Bed> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let kapi = PrivateApiServer::start()?;
         let api = rt.block_on(ApiServer::from_kubeconfig(kapi.kubeconfig()))?;
@@ -93,25 +94,31 @@ impl Bed {
             };
             rt.block_on(Api::<IPAMBlock>::all(client.clone()).create(&PostParams::default(), &block))?;
         }
-        let mut bed = Bed { operator: None, agents: vec![], forwards, topo, api, kapi, rt, names, pool };
+        let mut bed = Bed { operator: None, agents: BTreeMap::new(), forwards, topo, api, kapi, rt, names, pool };
+        let timeout = timeout_secs.to_string();
         bed.operator = Some(OperatorProcess::start(
             bed.kapi.kubeconfig(),
             "live-operator",
-            &["--no-leader-election", "--live-change-timeout", "30"],
+            &["--no-leader-election", "--live-change-timeout", &timeout],
         )?);
         for i in 0..bed.names.len() {
-            let node = bed.topo.node(i);
-            let settings = ClusterAgent {
-                kubeconfig: bed.kapi.kubeconfig().to_path_buf(),
-                cni_conf_dir: node.cni_conf_dir(),
-                ipam_data_dir: node.ipam_dir(),
-                health_addr: SocketAddr::from(([127, 0, 0, 1], 9150 + i as u16)),
-                resync_secs: RESYNC_SECS,
-            };
-            let log = node.dir.join("agent.log");
-            bed.agents.push(AgentProcess::start_in_cluster(node.netns(), &bed.names[i], &settings, &log)?);
+            bed.start_agent(i)?;
         }
         Ok(bed)
+    }
+
+    fn start_agent(&mut self, i: usize) -> Result<()> {
+        let node = self.topo.node(i);
+        let settings = ClusterAgent {
+            kubeconfig: self.kapi.kubeconfig().to_path_buf(),
+            cni_conf_dir: node.cni_conf_dir(),
+            ipam_data_dir: node.ipam_dir(),
+            health_addr: SocketAddr::from(([127, 0, 0, 1], 9150 + i as u16)),
+            resync_secs: RESYNC_SECS,
+        };
+        let log = node.dir.join(format!("agent-{}.log", self.agents.len()));
+        self.agents.insert(i, AgentProcess::start_in_cluster(node.netns(), &self.names[i], &settings, &log)?);
+        Ok(())
     }
 
     fn kubectl(&self, args: &[&str]) -> Result<String> {
@@ -166,7 +173,7 @@ impl Bed {
                 let _ = writeln!(out, "{line}");
             }
         }
-        for a in &self.agents {
+        for a in self.agents.values() {
             let log = a.log_text();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             let _ = writeln!(out, "--- agent {} (last lines) ---", a.node);
@@ -185,7 +192,7 @@ impl Bed {
 
     fn finish(mut self) -> Result<()> {
         self.operator.take();
-        for mut agent in std::mem::take(&mut self.agents) {
+        for (_, mut agent) in std::mem::take(&mut self.agents) {
             agent.stop();
         }
         self.forwards.clear();
@@ -323,7 +330,7 @@ fn table(rows: &[Row]) -> String {
 #[test]
 #[ignore = "root: private API server, operator, agents in network namespaces, real packets"]
 fn live_changes_lose_no_packet_with_phases() -> Result<()> {
-    let mut bed = Bed::new("live")?;
+    let mut bed = Bed::new("live", 30)?;
     bed.wait_done("None", true)?;
     let pods = [bed.topo.add_pod(0, "a")?, bed.topo.add_pod(1, "b")?, bed.topo.add_pod(2, "c")?];
 
@@ -349,5 +356,42 @@ fn live_changes_lose_no_packet_with_phases() -> Result<()> {
         .map(|r| format!("{} ({}): {} lost", r.change, r.path, r.report.udp.lost))
         .collect();
     ensure!(lost.is_empty(), "datagrams lost with phases: {}\n{table}", lost.join("; "));
+    bed.finish()
+}
+
+#[test]
+#[ignore = "root: private API server, operator, agents in network namespaces"]
+fn a_node_that_does_not_report_pauses_the_change_and_is_named() -> Result<()> {
+    let mut bed = Bed::new("stall", 3)?;
+    bed.wait_done("None", true)?;
+    // node3's agent is gone: its kernel keeps the old settings and it reports nothing new.
+    let silent = bed.names[2].clone();
+    bed.agents.remove(&2).context("agent of node3")?.stop();
+    bed.kubectl(&["patch", "ippool", &bed.pool, "--type", "merge", "-p", r#"{"spec":{"vxlanMode":"Always"}}"#])?;
+
+    let stalled = probe::wait_until("LiveChangeStalled names the silent node", WAIT, || {
+        let pool = bed.ippool().map_err(|e| e.to_string())?;
+        let status = pool.status.clone().unwrap_or_default();
+        let c = status.conditions.iter().find(|c| c.type_ == "LiveChangeStalled").ok_or("no condition")?;
+        if c.status == "True" { Ok((c.message.clone(), status)) } else { Err(format!("{c:?}")) }
+    })
+    .with_context(|| bed.diagnostics())?;
+    let (message, status) = stalled;
+    ensure!(message.contains(&silent) && message.contains("paused in phase Receive"), "{message}");
+    ensure!(!message.contains(&bed.names[0]) && !message.contains(&bed.names[1]), "only the silent node: {message}");
+    let phase = status.transition.as_ref().map(|t| t.phase.clone());
+    ensure!(phase.as_deref() == Some("Receive"), "paused, not moved on: {phase:?}");
+    // The nodes that did report kept sending the old way: still direct, no VXLAN route.
+    let route = trellis_e2e::cmd::ip(bed.topo.node(0).netns(), &["route", "show", "proto", "84"])?;
+    ensure!(!route.contains("vxlan.trellis"), "node1 switched senders while node3 could not receive:\n{route}");
+    let columns = bed.kubectl(&["get", "ippool", &bed.pool, "--no-headers"])?;
+    ensure!(columns.contains("Receive"), "kubectl get ippools shows the phase: {columns}");
+
+    // The agent comes back: the change goes on and completes.
+    bed.start_agent(2)?;
+    bed.wait_done("VXLAN/Always", true)?;
+    let pool = bed.ippool()?;
+    let c = pool.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "LiveChangeStalled").cloned());
+    ensure!(c.is_some_and(|c| c.status == "False"), "the stall cleared");
     bed.finish()
 }
