@@ -459,7 +459,12 @@ impl Cluster {
 
     /// [`Cluster::wait_converged`], and every node reports `encapsulation` for pool `pool`.
     pub fn wait_pool_mode(&self, pool: &str, encapsulation: &str) -> Result<()> {
-        probe::wait_until(&format!("every node to apply pool {pool} as {encapsulation}"), WAIT, || {
+        self.wait_pool_mode_within(pool, encapsulation, WAIT)
+    }
+
+    /// [`Cluster::wait_pool_mode`] with another bound (e.g. agents reconnecting after an outage).
+    pub fn wait_pool_mode_within(&self, pool: &str, encapsulation: &str, timeout: Duration) -> Result<()> {
+        probe::wait_until(&format!("every node to apply pool {pool} as {encapsulation}"), timeout, || {
             self.converged()?;
             let nns = self.node_networks().map_err(|e| e.to_string())?;
             for n in &self.nodes {
