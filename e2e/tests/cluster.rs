@@ -440,6 +440,10 @@ fn api_server_outage_leaves_the_data_plane_untouched_and_agents_reconverge_after
     for n in nodes {
         ensure!(kernel_state(&c, n)? == before[n], "{n} changed during the outage:\n{}", c.dump());
         ensure!(c.kubelet().restarts(n) == 0, "{n}'s agent restarted during the outage:\n{}", c.kubelet().logs(n));
+        // Alive and ready while the API server is away: the data plane is what it was.
+        let health =
+            trellis_e2e::cmd::in_ns(&c.node(n)?.netns, "curl", &["-sf", "-m", "5", "http://127.0.0.1:9099/healthz"]);
+        ensure!(health.is_ok(), "{n} /healthz during the outage: {health:?}");
     }
     stream.wait_flowing(scaled(WAIT))?;
 
