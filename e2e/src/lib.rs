@@ -22,6 +22,7 @@ pub mod kapi;
 pub mod netns;
 pub mod operator;
 pub mod pod;
+pub mod policy;
 pub mod probe;
 pub mod stream;
 pub mod topology;
