@@ -58,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::forward::LoopbackForward;
 use crate::kapi::PrivateApiServer;
 use crate::probe;
+pub use crate::probe::{scaled, time_scale};
 use crate::topology::Topology;
 
 /// The operator's namespace.
@@ -71,17 +72,6 @@ pub const CONTAINER_KUBECONFIG: &str = "/var/run/trellis/kubeconfig";
 /// Upper bound for the cluster to converge (times [`time_scale`]); every wait ends as soon as its
 /// condition holds.
 pub const WAIT: Duration = Duration::from_secs(60);
-
-/// `TRELLIS_E2E_TIME_SCALE` (default 1): how much slower than a normal host this machine is;
-/// the VM runner sets it, its CPU is emulated.
-pub fn time_scale() -> u32 {
-    std::env::var("TRELLIS_E2E_TIME_SCALE").ok().and_then(|v| v.parse().ok()).filter(|s| *s > 0).unwrap_or(1)
-}
-
-/// `d` times [`time_scale`], for bounds of waits.
-pub fn scaled(d: Duration) -> Duration {
-    d * time_scale()
-}
 
 /// What to bring up.
 pub struct ClusterSpec {
