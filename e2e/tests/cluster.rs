@@ -58,14 +58,16 @@ fn bounding_set(netns: &str, comm: &str) -> Result<String> {
     anyhow::bail!("no {comm} process in {netns}")
 }
 
-/// The READY column of `kubectl get ippool NAME`.
+/// The READY column of `kubectl get ippool NAME` (read at the header's offset: kubectl aligns
+/// columns, and an empty cell such as PHASE would shift a whitespace split).
 fn ready_column(c: &Cluster, pool: &str) -> Result<String> {
     let table = c.kubectl(&["get", "ippool", pool])?;
     let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().context("no header")?.split_whitespace().collect();
-    let row: Vec<&str> = lines.next().context("no row")?.split_whitespace().collect();
-    let col = header.iter().position(|h| *h == "READY").with_context(|| format!("no READY column:\n{table}"))?;
-    Ok(row.get(col).with_context(|| format!("short row:\n{table}"))?.to_string())
+    let header = lines.next().context("no header")?;
+    let row = lines.next().context("no row")?;
+    let col = header.find(" READY").map(|i| i + 1).with_context(|| format!("no READY column:\n{table}"))?;
+    let cell = row.get(col..).and_then(|r| r.split_whitespace().next());
+    Ok(cell.with_context(|| format!("no READY cell:\n{table}"))?.to_string())
 }
 
 #[test]
@@ -262,21 +264,30 @@ fn ippool_ready_counts_only_the_nodes_that_applied_the_current_generation() -> R
     // node2's agent hangs; the pool changes.
     c.kubelet().pause("node2")?;
     c.patch_pool(POOL, r#"{"spec":{"vxlanMode":"Always"}}"#)?;
-    probe::wait_until("READY 2/3 with node1 and node3 on VXLAN/Always", scaled(WAIT), || {
+    // The other two apply the new generation (with the live change they first prepare to
+    // receive; no sender switches while a node lags), so READY says 2/3.
+    probe::wait_until("READY 2/3", scaled(WAIT), || {
         let column = ready_column(&c, POOL).map_err(|e| e.to_string())?;
-        let vxlan = c.route_to("node1", "node2").map_err(|e| e.to_string())?;
-        if column == "2/3" && vxlan.contains(VXLAN_DEV) { Ok(()) } else { Err(format!("READY {column}, {vxlan}")) }
+        if column == "2/3" { Ok(()) } else { Err(format!("READY {column}")) }
     })
     .map_err(|e| c.with_dump(e))?;
+    let nns = c.node_networks()?;
+    let pool_generation =
+        c.pools()?.iter().find(|p| p.metadata.name.as_deref() == Some(POOL)).and_then(|p| p.metadata.generation);
+    for (n, applied) in [("node1", true), ("node2", false), ("node3", true)] {
+        let generation = nns
+            .get(n)
+            .and_then(|nn| nn.status.as_ref())
+            .and_then(|s| s.pools.iter().find(|p| p.name == POOL))
+            .map(|p| p.generation);
+        ensure!(
+            (generation == pool_generation) == applied,
+            "{n}: applied generation {generation:?} of {pool_generation:?}"
+        );
+    }
     // The frozen node really still has the old routes: READY is not ahead of the kernel.
     let stale = c.route_to("node2", "node1")?;
     ensure!(stale.contains(&format!("dev {UPLINK}")), "node2 (frozen) -> node1: {stale}");
-    let pool = c.pools()?.into_iter().find(|p| p.metadata.name.as_deref() == Some(POOL)).context("no pool")?;
-    let progressing = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    ensure!(
-        progressing.iter().any(|c| c.type_ == "Progressing" && c.status == "True" && c.message.contains("node2")),
-        "Progressing names node2: {progressing:?}"
-    );
     c.kubelet().resume("node2")?;
     c.wait_pool_mode(POOL, "VXLAN/Always")?;
     wait_routes(&c, "VXLAN/Always")?;
