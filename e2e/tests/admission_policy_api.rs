@@ -3,8 +3,8 @@
 //! as kube-apiserver enforces them (message, messageExpression, Deny and Warn, matchConstraints
 //! with a namespace selector, the requesting user and its `extra` from impersonation).
 //!
-//! The server is shared by parallel tests, so every policy here matches only ConfigMaps in a
-//! namespace labelled for this test.
+//! The server is shared by parallel tests, so every policy here matches only ConfigMaps
+//! labelled for this test (objectSelector), in a namespace of its own.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -20,8 +20,8 @@ use trellis_e2e::apiserver::{ApiServer, unique_name};
 /// Policies take effect within about a second of being written.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A namespace labelled `e2e-vap=<name>`, and a policy + binding that match only ConfigMaps
-/// in it; all deleted on drop.
+/// A namespace, and a policy + binding that match only ConfigMaps labelled `e2e-vap=<namespace>`;
+/// all deleted on drop.
 struct Scoped {
     api: ApiServer,
     namespace: String,
@@ -45,7 +45,7 @@ impl Scoped {
         "metadata": {"name": self.policy},
         "spec": {
             "matchConstraints": {
-                "namespaceSelector": {"matchLabels": {"e2e-vap": self.namespace}},
+                "objectSelector": {"matchLabels": {"e2e-vap": self.namespace}},
                 "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]
             },
             "validations": validations
@@ -83,17 +83,32 @@ impl Drop for Scoped {
     }
 }
 
-fn config_map(name: &str, data: Value) -> ConfigMap {
-    serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap()
+/// A ConfigMap the test's policy selects (labelled with the namespace of `api`).
+fn config_map(api: &Api<ConfigMap>, name: &str, data: Value) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"e2e-vap": api.namespace()}}, "data": data}))
+        .unwrap()
+}
+
+/// The manifest of such a ConfigMap for kubectl.
+fn config_map_yaml(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{e2e-vap: {namespace}}}}}\n"
+    )
 }
 
 async fn create(api: &Api<ConfigMap>, name: &str, data: Value) -> Result<(), KubeError> {
-    api.create(&PostParams::default(), &config_map(name, data)).await.map(|_| ())
+    api.create(&PostParams::default(), &config_map(api, name, data)).await.map(|_| ())
 }
 
+/// A create that admission sees but nothing stores: for waiting until a policy is in force.
+async fn dry_run(api: &Api<ConfigMap>, name: &str, data: Value) -> Result<(), KubeError> {
+    api.create(&PostParams { dry_run: true, ..Default::default() }, &config_map(api, name, data)).await.map(|_| ())
+}
+
+/// The refusal of a request by an admission policy.
 fn refusal(result: Result<(), KubeError>) -> Result<kube::core::Status, String> {
     match result {
-        Err(KubeError::Api(status)) => Ok(*status),
+        Err(KubeError::Api(status)) if status.message.contains("ValidatingAdmissionPolicy") => Ok(*status),
         Err(e) => Err(format!("failed otherwise: {e}")),
         Ok(()) => Err("was allowed".into()),
     }
@@ -129,7 +144,7 @@ async fn policy_denies_with_its_message_and_message_expression_only_where_it_mat
     .await?;
     let cms = scoped.config_maps(api.client());
     let status = wait_for("the policy to deny a ConfigMap named bad", || async {
-        refusal(create(&cms, "bad", json!({})).await)
+        refusal(dry_run(&cms, "bad", json!({})).await)
     })
     .await?;
     let policy = &scoped.policy;
@@ -148,16 +163,17 @@ async fn policy_denies_with_its_message_and_message_expression_only_where_it_mat
     let update = cms.patch("ok-2", &PatchParams::default(), &Patch::Merge(json!({"data": {"forbidden": "y"}}))).await;
     ensure!(refusal(update.map(|_| ())).is_ok(), "an update adding the key is denied");
 
-    // Outside the selected namespace the policy does not apply.
-    let elsewhere = unique_name("e2e-vap-other");
-    let other: Api<ConfigMap> = Api::namespaced(api.client(), &elsewhere);
-    create(&other, "bad", json!({"forbidden": "x"})).await.context("a namespace the policy does not select")?;
-    other.delete("bad", &DeleteParams::default()).await?;
+    // Objects the policy's objectSelector does not select are not affected.
+    let unlabelled: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "bad"}, "data": {"forbidden": "x"}}))?;
+    cms.create(&PostParams::default(), &unlabelled).await.context("an object the policy does not select")?;
 
     // Warn instead of Deny: the request passes, the client gets the message as a warning.
     scoped.apply_binding(&["Warn"]).await?;
     let out = wait_for("the binding's Warn to let a ConfigMap named bad-2 in", || async {
-        let out = api.kubectl(&["create", "configmap", "bad-2", "-n", &scoped.namespace]).map_err(|e| e.to_string())?;
+        let out = api
+            .kubectl_stdin(&["create", "-f", "-"], &config_map_yaml(&scoped.namespace, "bad-2"))
+            .map_err(|e| e.to_string())?;
         if out.status.success() { Ok(out) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
     })
     .await?;
@@ -177,7 +193,7 @@ async fn impersonated_users_and_their_extra_reach_the_policy() -> Result<()> {
     let scoped = Scoped::new(
         &api,
         json!([{
-            "expression": format!("request.userInfo.username != '{user}' || ('example.com/color' in request.userInfo.extra && request.userInfo.extra['example.com/color'] == ['blue'])"),
+            "expression": format!("request.userInfo.username != '{user}' || (has(request.userInfo.extra) && 'example.com/color' in request.userInfo.extra && request.userInfo.extra['example.com/color'] == ['blue'])"),
             "messageExpression": "request.userInfo.username + ' is not blue'"
         }]),
         &["Deny"],
@@ -185,7 +201,9 @@ async fn impersonated_users_and_their_extra_reach_the_policy() -> Result<()> {
     .await?;
     let red = scoped.config_maps(api.impersonating(&user, &[("example.com/color", "red")]).await?);
     let status =
-        wait_for("the policy to deny the red user", || async { refusal(create(&red, "red", json!({})).await) }).await?;
+        wait_for("the policy to deny the red user", || async { refusal(dry_run(&red, "red", json!({})).await) })
+            .await?;
+    refusal(create(&red, "red", json!({})).await).map_err(anyhow::Error::msg).context("the red user")?;
     ensure!(status.message.contains(&format!("{user} is not blue")), "message: {}", status.message);
     let blue = scoped.config_maps(api.impersonating(&user, &[("example.com/color", "blue")]).await?);
     create(&blue, "blue", json!({})).await.context("the blue user")?;
@@ -193,7 +211,7 @@ async fn impersonated_users_and_their_extra_reach_the_policy() -> Result<()> {
     ensure!(stored.metadata.name.as_deref() == Some("blue"), "stored");
 
     // kubectl --as sends the same headers; without the extra the user is refused.
-    let out = api.kubectl(&["create", "configmap", "plain", "-n", &scoped.namespace, "--as", &user])?;
+    let out = api.kubectl_stdin(&["create", "-f", "-", "--as", &user], &config_map_yaml(&scoped.namespace, "plain"))?;
     ensure!(!out.status.success(), "kubectl --as without the extra is denied");
     ensure!(String::from_utf8_lossy(&out.stderr).contains("is not blue"), "{}", String::from_utf8_lossy(&out.stderr));
     // The admin (not matched by the expression's user) is not affected.

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde_json::json;
 use trellis_api::NodeNetwork;
@@ -50,6 +51,11 @@ impl Bed {
         let out = api.kubectl_stdin(&["apply", "-f", "-"], &serde_yaml::to_string(&installation)?)?;
         ensure!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
         let bed = Bed { api, namespace, nodes: [unique_name("node-a"), unique_name("node-b")], _operator: operator };
+        // Nodes, so that the operator keeps their NodeNetworks (it deletes those of absent nodes).
+        for node in &bed.nodes {
+            let node: Node = serde_json::from_value(json!({"metadata": {"name": node}}))?;
+            Api::<Node>::all(bed.api.client()).create(&PostParams::default(), &node).await?;
+        }
         bed.policy_applied().await?;
         Ok(bed)
     }
@@ -86,7 +92,16 @@ impl Drop for Bed {
     fn drop(&mut self) {
         wipe(&self.api);
         for node in &self.nodes {
+            let _ = self.api.kubectl(&["delete", "node", node, "--ignore-not-found", "--wait=false"]);
             let _ = self.api.kubectl(&["delete", "nodenetwork", node, "--ignore-not-found", "--wait=false"]);
+            // The blocks the operator gave the node (it may be gone before it releases them).
+            let query =
+                format!("jsonpath={{range .items[?(@.spec.node==\"{node}\")]}}{{.metadata.name}}{{\"\\n\"}}{{end}}");
+            if let Ok(out) = self.api.kubectl(&["get", "ipamblocks", "-o", &query]) {
+                for block in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+                    let _ = self.api.kubectl(&["delete", "ipamblock", block, "--ignore-not-found", "--wait=false"]);
+                }
+            }
         }
     }
 }
@@ -111,8 +126,14 @@ fn wipe(api: &ApiServer) {
 
 /// What the agent does: server-side apply of its NodeNetwork, then of its status.
 async fn publish(client: &Client, node: &str) -> Result<(), kube::Error> {
+    write_node_network(client, node, false).await
+}
+
+/// [`publish`]; with `dry_run` admission sees the requests but nothing is stored.
+async fn write_node_network(client: &Client, node: &str, dry_run: bool) -> Result<(), kube::Error> {
     let api: Api<NodeNetwork> = Api::all(client.clone());
-    let pp = PatchParams::apply("trellis-agent").force();
+    let mut pp = PatchParams::apply("trellis-agent").force();
+    pp.dry_run = dry_run;
     let object = json!({"apiVersion": "trellis.dev/v1", "kind": "NodeNetwork", "metadata": {"name": node},
         "spec": {"address": "10.0.1.11/24"}});
     api.patch(node, &pp, &Patch::Apply(&object)).await?;
@@ -125,20 +146,22 @@ async fn publish(client: &Client, node: &str) -> Result<(), kube::Error> {
 /// The refusal of a write, or a description of what happened instead.
 fn denial(result: Result<(), kube::Error>) -> Result<kube::core::Status, String> {
     match result {
-        Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => Ok(*status),
+        Err(kube::Error::Api(status)) if status.message.contains("ValidatingAdmissionPolicy") => Ok(*status),
         Err(e) => Err(format!("failed otherwise: {e}")),
         Ok(()) => Err("was allowed".into()),
     }
 }
 
 /// Waits until the policy denies the agent of `own` writing `other`'s NodeNetwork (a new or
-/// changed policy takes effect within about a second), then returns the denial.
+/// changed policy takes effect within about a second; the probes are dry runs, so nothing is
+/// written meanwhile), then returns the denial of the real write.
 async fn denied(bed: &Bed, own: &str, other: &str) -> Result<kube::core::Status> {
     let agent = bed.agent_on(own).await?;
     wait_for(&format!("the agent on {own} to be denied writing NodeNetwork {other}"), WAIT, || async {
-        denial(publish(&agent, other).await)
+        denial(write_node_network(&agent, other, true).await)
     })
-    .await
+    .await?;
+    denial(publish(&agent, other).await).map_err(anyhow::Error::msg)
 }
 
 async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>

@@ -32,6 +32,18 @@ fn whitelist_spec() -> Value {
     })
 }
 
+/// The next watch event that is not a bookmark.
+async fn next_change(
+    watch: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<NetworkPolicy>>> + Unpin),
+) -> Result<Option<WatchEvent<NetworkPolicy>>> {
+    loop {
+        let event = tokio::time::timeout(WATCH_WAIT, watch.try_next()).await.context("no watch event")??;
+        if !matches!(event, Some(WatchEvent::Bookmark(_))) {
+            return Ok(event);
+        }
+    }
+}
+
 #[tokio::test]
 #[ignore = "root: real API server (make test-root)"]
 async fn network_policies_round_trip_with_labels_watch_apply_and_kubectl() -> Result<()> {
@@ -65,7 +77,7 @@ async fn network_policies_round_trip_with_labels_watch_apply_and_kubectl() -> Re
     let listed = policies.list(&ListParams::default().labels(&selector)).await?;
     let names: Vec<_> = listed.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
     ensure!(names == ["whitelist"], "listed by label: {names:?}");
-    let event = tokio::time::timeout(WATCH_WAIT, watch.try_next()).await.context("no watch event")??;
+    let event = next_change(&mut watch).await?;
     match event {
         Some(WatchEvent::Added(p)) => {
             ensure!(p.metadata.name.as_deref() == Some("whitelist"), "added {:?}", p.metadata.name)
@@ -86,7 +98,7 @@ async fn network_policies_round_trip_with_labels_watch_apply_and_kubectl() -> Re
         .patch("whitelist", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"extra": "yes"}}})))
         .await?;
     ensure!(relabelled.metadata.generation == Some(2), "label change: generation {:?}", relabelled.metadata.generation);
-    let event = tokio::time::timeout(WATCH_WAIT, watch.try_next()).await.context("no watch event")??;
+    let event = next_change(&mut watch).await?;
     ensure!(matches!(event, Some(WatchEvent::Modified(_))), "expected Modified, got {event:?}");
 
     // Server-side apply: a new object, owned by its field manager.
