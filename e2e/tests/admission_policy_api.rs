@@ -1,7 +1,7 @@
 //! admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy on the test bed's API server:
 //! policies and bindings are validated when written (CEL compiled), and enforced on requests
 //! as kube-apiserver enforces them (message, messageExpression, Deny and Warn, matchConstraints
-//! with a namespace selector, the requesting user and its `extra` from impersonation).
+//! with an object selector, the requesting user and its `extra` from impersonation).
 //!
 //! The server is shared by parallel tests, so every policy here matches only ConfigMaps
 //! labelled for this test (objectSelector), in a namespace of its own.
