@@ -14,6 +14,10 @@ KVM := $(CURDIR)/e2e/testbed/kernel-vm
 CARGO ?= cargo
 # The Helm tests call libhelm through PyPI's helm-python-sdk (.ci/run installs it with pytest).
 PYTEST ?= python3 -m pytest
+# The binaries `build` made, for the tests that start agents and operators: without these the
+# tests run `cargo build -p ...`, whose per-package feature set rebuilds shared dependencies
+# and invalidates the workspace's test artifacts.
+BIN_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
 export KAPI_STATE ?= /tmp/trellis-kapi-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 
 .PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean
@@ -47,6 +51,7 @@ test-root: build
 	  trap '$(KAPI) stop' EXIT; trap 'exit 130' INT TERM; \
 	  KUBECONFIG=$$($(KAPI) restart); export KUBECONFIG; \
 	  echo "test-root: API server up, KUBECONFIG=$$KUBECONFIG"; \
+	  export TRELLIS_AGENT_BIN=$(BIN_DIR)/trellis-agent TRELLIS_OPERATOR_BIN=$(BIN_DIR)/trellis-operator; \
 	  $(CARGO) test --workspace -- --ignored --skip vm_; \
 	  $(PYTEST) -q -p no:cacheprovider e2e/helm/test_release.py
 
