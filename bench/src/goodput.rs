@@ -45,29 +45,14 @@ fn hand_lab(tag: &str) -> Result<(Topology, Vec<PodInfo>)> {
         let ns = &me.ns;
         let tunnel = me.blocks[0].network();
         ns.sysctl("net.ipv4.ip_forward", "1")?;
-        ns.ip(&[
-            "link",
-            "add",
-            HAND_DEV,
-            "type",
-            "vxlan",
-            "id",
-            "4096",
-            "dstport",
-            "4789",
-            "local",
-            &me.ip().to_string(),
-            "dev",
-            UPLINK,
-            "nolearning",
-            "address",
-            &hand_mac(me.index),
-            "mtu",
-            &POD_MTU.to_string(),
-        ])?;
+        let (mac, mtu, local) = (hand_mac(me.index), POD_MTU.to_string(), me.ip().to_string());
+        let vxlan = ["id", "4096", "dstport", "4789", "local", &local, "dev", UPLINK, "nolearning"];
+        let mut args = vec!["link", "add", HAND_DEV, "address", &mac, "mtu", &mtu, "type", "vxlan"];
+        args.extend(vxlan);
+        ns.ip(&args)?;
         ns.ip(&["link", "set", HAND_DEV, "up"])?;
         ns.ip(&["addr", "add", &format!("{tunnel}/32"), "dev", HAND_DEV])?;
-        ns.sysctl(&format!("net.ipv4.conf.{HAND_DEV}.rp_filter"), "2")?;
+        ns.sysctl(&format!("net/ipv4/conf/{HAND_DEV}/rp_filter"), "2")?;
         ns.ip(&["route", "add", "blackhole", &me.blocks[0].to_string()])?;
         for peer in topo.nodes.iter().filter(|n| n.index != me.index) {
             let block = peer.blocks[0].to_string();

@@ -63,7 +63,7 @@ pub fn agent(report: &mut Report, sizes: &[u32], idle: Duration, tag: &str) -> R
             report.row(Row {
                 figure: format!(
                     "agent CPU while nothing changes, {peers} peers, {} s (resync every {RESYNC_SECS} s; {during} \
-                     resync pass(es) in the window)",
+                     pass(es) in the window)",
                     idle.as_secs()
                 ),
                 trellis: format!("{:.0} ms CPU ({:.2} % of a core)", used.as_secs_f64() * 1000.0, share * 100.0),
