@@ -17,9 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use trellis_agent::desired::{Capabilities, DesiredState};
-use trellis_agent::diff::{Change, diff};
-use trellis_agent::kernel::{KernelState, NetlinkKernel};
+use trellis_agent::diff::diff;
+use trellis_agent::kernel::NetlinkKernel;
+use trellis_agent::model::{Capabilities, Change, DesiredState, KernelState};
 use trellis_agent::reconcile::{self, BoxError, DesiredSource, SystemHost};
 use trellis_agent::snapshot::Snapshot;
 use trellis_e2e::netns::Netns;
