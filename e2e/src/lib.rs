@@ -7,8 +7,13 @@
 //! Control plane: [`apiserver`] connects to the real API server `make test-root` starts, applies
 //! the generated CRDs and drives objects from YAML (kube-rs and the real kubectl); [`kapi`] is a
 //! test's own server (stoppable), [`forward`] makes it reachable inside a node's namespace.
+//!
+//! Whole cluster: [`cluster`] brings up API server, operator, Node objects, node namespaces and
+//! a kubelet stand-in that runs the operator's DaemonSet; [`stream`] measures traffic between
+//! pods (loss, reordering, gaps, TCP retransmits) while the cluster changes.
 pub mod agent;
 pub mod apiserver;
+pub mod cluster;
 pub mod cmd;
 pub mod cni;
 pub mod error;
@@ -17,5 +22,7 @@ pub mod kapi;
 pub mod netns;
 pub mod operator;
 pub mod pod;
+pub mod policy;
 pub mod probe;
+pub mod stream;
 pub mod topology;
