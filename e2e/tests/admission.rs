@@ -813,17 +813,21 @@ async fn ippool_printer_columns() -> Result<()> {
     let manifest = yaml(&pool);
     let _guard = api.cleanup(&manifest)?;
     api.create_yaml(&manifest, FieldValidation::Strict, false).await?;
-    api.merge_patch_status(&manifest, &json!({"status": {"ready": "1/2"}})).await?;
+    let transition = json!({"from": "IPIP/CrossSubnet", "to": "VXLAN/Always", "phase": "Switch"});
+    api.merge_patch_status(&manifest, &json!({"status": {"ready": "1/2", "transition": transition}})).await?;
 
     let out = api.kubectl(&["get", "ippools", &name])?;
     ensure!(out.status.success(), "kubectl get: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().context("no header")?.split_whitespace().collect();
-    ensure!(header == ["NAME", "CIDR", "IPIP", "VXLAN", "NAT", "BLOCK", "READY", "AGE"], "header: {header:?}");
+    ensure!(header == ["NAME", "CIDR", "IPIP", "VXLAN", "NAT", "BLOCK", "PHASE", "READY", "AGE"], "header: {header:?}");
     let row: Vec<&str> = lines.next().context("no row")?.split_whitespace().collect();
-    ensure!(row.len() == 8, "row: {row:?}");
-    ensure!(row[..7] == [name.as_str(), "10.64.0.0/16", "CrossSubnet", "Never", "true", "28", "1/2"], "row: {row:?}");
+    ensure!(row.len() == 9, "row: {row:?}");
+    ensure!(
+        row[..8] == [name.as_str(), "10.64.0.0/16", "CrossSubnet", "Never", "true", "28", "Switch", "1/2"],
+        "row: {row:?}"
+    );
 
     // The short name and category work too (`kubectl get ipp`, `kubectl get trellis`).
     for what in ["ipp", "trellis"] {

@@ -309,7 +309,8 @@ impl ClusterSide {
         // What the passes have probed so far (a kind no pool needed reads as unsupported until
         // one does); published at the next cluster change or resync after a probe.
         let caps = lock(&self.shared).capabilities.capabilities();
-        let object = match node_network::object_for(node, node_network::spec_for(&identity, &s.blocks, caps)) {
+        let tunnel_address = crate::plan::derived_tunnel_address(&snapshot.snapshot, caps);
+        let object = match node_network::object_for(node, node_network::spec_for(&identity, tunnel_address, caps)) {
             Ok(object) => object,
             Err(e) => return tracing::warn!(error = %e, "NodeNetwork not published"),
         };
