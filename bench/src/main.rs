@@ -37,6 +37,10 @@ struct Cli {
     /// Build profile of the binaries under test, for the report.
     #[arg(long, default_value = "release")]
     profile: String,
+    /// Print the snapshot of node 0 with this many peers (YAML) and exit: for profiling the
+    /// agent by hand on the benchmark's input.
+    #[arg(long, value_name = "PEERS")]
+    print_snapshot: Option<u32>,
     /// The command line that reproduces this report, for the report.
     #[arg(long, default_value = "make bench")]
     command: String,
@@ -48,6 +52,19 @@ fn wanted(cli: &Cli, name: &str) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(peers) = cli.print_snapshot {
+        let dir = std::env::temp_dir().join("trellis-bench-snapshot");
+        return match serde_yaml::to_string(&cluster_model::snapshot(peers, &dir)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let load = machine::load_now();
     let mut report = Report::default();
     let tag = "bn";
