@@ -60,6 +60,21 @@ fn per_peer(change: &Change) -> bool {
     )
 }
 
+/// How a refused per-peer change is named in its error (built only on failure: a batch has
+/// thousands of successes).
+fn per_peer_op(change: &Change) -> String {
+    match change {
+        Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => format!("replace neighbour {} dev {}", n.ip, n.dev),
+        Change::DelNeighbour(n) => format!("del neighbour {} dev {}", n.ip, n.dev),
+        Change::AddFdb(f) | Change::UpdateFdb(f) => format!("replace fdb {} dev {} dst {}", f.mac, f.dev, f.dst),
+        Change::DelFdb(f) => format!("del fdb {} dev {} dst {}", f.mac, f.dev, f.dst),
+        Change::AddRoute(r) | Change::UpdateRoute(r) => format!("replace route {}", r.dst),
+        Change::DelRoute(r) => format!("del route {}", r.dst),
+        Change::DelStrayRoute(r) => format!("del route {} table {}", r.dst, r.table),
+        other => other.to_string(),
+    }
+}
+
 /// The kernel of the creating thread's network namespace, over rtnetlink.
 pub struct NetlinkKernel {
     handle: Handle,
@@ -187,44 +202,34 @@ impl NetlinkKernel {
         )
     }
 
-    /// The request for a per-peer change (neighbour, FDB entry, route; see [`per_peer`]) with
-    /// its deletion flag and its name in errors; device indexes come from `indexes` (looked up
-    /// on first use).
+    /// The request for a per-peer change (neighbour, FDB entry, route; see [`per_peer`]) and
+    /// whether it deletes; device indexes come from `indexes` (looked up on first use).
     async fn per_peer_request(
         &self,
         change: &Change,
         indexes: &mut HashMap<String, u32>,
-    ) -> Result<(pipeline::Request, bool, String), KernelError> {
+    ) -> Result<(pipeline::Request, bool), KernelError> {
         let replace = NLM_F_CREATE | NLM_F_REPLACE;
         Ok(match change {
             Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => {
                 let index = self.cached_index(&n.dev, indexes).await?;
                 let message = RouteNetlinkMessage::NewNeighbour(encode::neighbour_add(index, n));
-                (
-                    pipeline::Request { message, flags: replace },
-                    false,
-                    format!("replace neighbour {} dev {}", n.ip, n.dev),
-                )
+                (pipeline::Request { message, flags: replace }, false)
             }
             Change::DelNeighbour(n) => {
                 let index = self.cached_index(&n.dev, indexes).await?;
                 let message = RouteNetlinkMessage::DelNeighbour(encode::neighbour_del(index, n));
-                (pipeline::Request { message, flags: 0 }, true, format!("del neighbour {} dev {}", n.ip, n.dev))
+                (pipeline::Request { message, flags: 0 }, true)
             }
             Change::AddFdb(f) | Change::UpdateFdb(f) => {
                 let index = self.cached_index(&f.dev, indexes).await?;
                 let message = RouteNetlinkMessage::NewNeighbour(encode::fdb_add(index, f));
-                let op = format!("replace fdb {} dev {} dst {}", f.mac, f.dev, f.dst);
-                (pipeline::Request { message, flags: replace }, false, op)
+                (pipeline::Request { message, flags: replace }, false)
             }
             Change::DelFdb(f) => {
                 let index = self.cached_index(&f.dev, indexes).await?;
                 let message = RouteNetlinkMessage::DelNeighbour(encode::fdb_del(index, f));
-                (
-                    pipeline::Request { message, flags: 0 },
-                    true,
-                    format!("del fdb {} dev {} dst {}", f.mac, f.dev, f.dst),
-                )
+                (pipeline::Request { message, flags: 0 }, true)
             }
             Change::AddRoute(r) | Change::UpdateRoute(r) | Change::DelRoute(r) => {
                 let oif = match &r.kind {
@@ -234,16 +239,16 @@ impl NetlinkKernel {
                 let message = encode::route_message(r, oif);
                 if matches!(change, Change::DelRoute(_)) {
                     let message = RouteNetlinkMessage::DelRoute(message);
-                    (pipeline::Request { message, flags: 0 }, true, format!("del route {}", r.dst))
+                    (pipeline::Request { message, flags: 0 }, true)
                 } else {
                     // NLM_F_CREATE|NLM_F_REPLACE: atomic, never delete-then-add.
                     let message = RouteNetlinkMessage::NewRoute(message);
-                    (pipeline::Request { message, flags: replace }, false, format!("replace route {}", r.dst))
+                    (pipeline::Request { message, flags: replace }, false)
                 }
             }
             Change::DelStrayRoute(r) => {
                 let message = RouteNetlinkMessage::DelRoute(encode::stray_route_message(r));
-                (pipeline::Request { message, flags: 0 }, true, format!("del route {} table {}", r.dst, r.table))
+                (pipeline::Request { message, flags: 0 }, true)
             }
             other => return Err(KernelError::Unsupported(format!("not a per-peer change: {other}"))),
         })
@@ -266,12 +271,12 @@ impl NetlinkKernel {
         let mut indexes = HashMap::new();
         let mut results: Vec<Option<Result<(), KernelError>>> = Vec::with_capacity(changes.len());
         let mut requests = Vec::with_capacity(changes.len());
-        // (result slot, deletion, op) of each request sent.
+        // (result slot, deletion) of each request sent.
         let mut sent = Vec::with_capacity(changes.len());
         for change in changes {
             match self.per_peer_request(change, &mut indexes).await {
-                Ok((request, deletion, op)) => {
-                    sent.push((results.len(), deletion, op));
+                Ok((request, deletion)) => {
+                    sent.push((results.len(), deletion));
                     requests.push(request);
                     results.push(None);
                 }
@@ -279,16 +284,16 @@ impl NetlinkKernel {
             }
         }
         let (answers, socket_error) = pipeline::execute(&requests).await;
-        for ((slot, deletion, op), answer) in sent.into_iter().zip(answers) {
+        for ((slot, deletion), answer) in sent.into_iter().zip(answers) {
             let result = match answer {
                 Some(0) => Ok(()),
                 Some(errno) => Err(KernelError::Netlink {
-                    op,
+                    op: per_peer_op(&changes[slot]),
                     errno: Some(errno),
                     message: std::io::Error::from_raw_os_error(errno).to_string(),
                 }),
                 None => Err(KernelError::Netlink {
-                    op,
+                    op: per_peer_op(&changes[slot]),
                     errno: None,
                     message: socket_error.as_ref().map_or("no answer".to_string(), ToString::to_string),
                 }),
