@@ -39,6 +39,8 @@ pub fn pool(vxlan: EncapMode) -> Pool {
         nat_outgoing: false,
         disabled: false,
         block_size: Some(BLOCK_SIZE),
+        allowed_uses: None,
+        transition: None,
     }
 }
 

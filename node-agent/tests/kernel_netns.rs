@@ -360,13 +360,13 @@ fn refused_route_rolls_back_the_new_peers_neighbour_and_fdb() {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn refusals_in_a_batch_of_many_windows_are_reported_against_their_own_changes() {
-    let ns = Netns::new("many");
+    let ns = node("many");
     // 253 peers: 759 neighbour/FDB/route requests, several pipeline windows. Every 50th
     // peer's route is not onlink with a gateway on no subnet, so the kernel refuses it.
     let refused: Vec<u8> = (2..=254).filter(|n| n % 50 == 7).collect();
     let peers: Vec<(u8, u8, String)> = (2..=254).map(|n| (n, 0, format!("10.244.{n}.0/26"))).collect();
     let wanted = refused.clone();
-    let report = ns.run(move || async move {
+    let report = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &desired(4096, &[])).await;
         let list: Vec<(u8, u8, &str)> = peers.iter().map(|(n, s, b)| (*n, *s, b.as_str())).collect();
