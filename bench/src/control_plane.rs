@@ -51,22 +51,20 @@ fn sim_node(j: u32) -> SimNode {
 }
 
 /// Stamps NodeNetwork reports as they arrive.
-fn watch_reports(api: Api<NodeNetwork>, seen: Seen) -> impl std::future::Future<Output = ()> {
-    async move {
-        let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
-        while let Some(item) = stream.next().await {
-            let Ok(nn) = item else { continue };
-            let now = Instant::now();
-            let (Some(name), Some(status)) = (nn.metadata.name.clone(), nn.status.as_ref()) else { continue };
-            let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-            if !ready {
-                continue;
-            }
-            if let Some(pool) = status.pools.iter().find(|p| p.name == POOL)
-                && let Ok(mut seen) = seen.lock()
-            {
-                seen.entry((name, pool.generation)).or_insert(now);
-            }
+async fn watch_reports(api: Api<NodeNetwork>, seen: Seen) {
+    let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
+    while let Some(item) = stream.next().await {
+        let Ok(nn) = item else { continue };
+        let now = Instant::now();
+        let (Some(name), Some(status)) = (nn.metadata.name.clone(), nn.status.as_ref()) else { continue };
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        if !ready {
+            continue;
+        }
+        if let Some(pool) = status.pools.iter().find(|p| p.name == POOL)
+            && let Ok(mut seen) = seen.lock()
+        {
+            seen.entry((name, pool.generation)).or_insert(now);
         }
     }
 }
