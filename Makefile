@@ -20,7 +20,7 @@ PYTEST ?= python3 -m pytest
 BIN_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
 export KAPI_STATE ?= /tmp/trellis-kapi-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 
-.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean
+.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean bench bench-smoke
 
 all: build
 
@@ -66,6 +66,23 @@ apiserver-stop:
 test-vm: build
 	@[ "$$(id -u)" = 0 ] || { echo "test-vm needs root"; exit 1; }
 	$(CURDIR)/e2e/testbed/run-vm-tests $(VM_TESTS)
+
+# Benchmarks (root, a quiet machine): release builds of the agent, the operator and the
+# trellis-bench runner, which measures every figure next to its reference in the same run and
+# writes docs/benchmarks.md. `make bench-smoke` runs each benchmark once at a small size (debug
+# builds, report to stdout): it proves they work; `make test-root` runs it as a root test.
+TARGET_DIR ?= $(CURDIR)/target
+bench:
+	@[ "$$(id -u)" = 0 ] || { echo "bench needs root (network namespaces)"; exit 1; }
+	$(CARGO) build --release -p trellis-agent -p trellis-operator -p trellis-bench
+	TRELLIS_AGENT_BIN=$(TARGET_DIR)/release/trellis-agent TRELLIS_OPERATOR_BIN=$(TARGET_DIR)/release/trellis-operator \
+	  $(TARGET_DIR)/release/trellis-bench --profile release --command "make bench" --out docs/benchmarks.md
+
+bench-smoke:
+	@[ "$$(id -u)" = 0 ] || { echo "bench-smoke needs root (network namespaces)"; exit 1; }
+	$(CARGO) build -p trellis-agent -p trellis-operator -p trellis-bench
+	TRELLIS_AGENT_BIN=$(TARGET_DIR)/debug/trellis-agent TRELLIS_OPERATOR_BIN=$(TARGET_DIR)/debug/trellis-operator \
+	  $(TARGET_DIR)/debug/trellis-bench --smoke --profile debug --command "make bench-smoke"
 
 clean:
 	$(CARGO) clean
