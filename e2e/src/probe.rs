@@ -43,6 +43,24 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> R
     }
 }
 
+/// [`wait_until`] for asynchronous checks (API calls), polling every 200 ms on tokio's timer.
+pub async fn wait_until_async<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(last) if start.elapsed() >= timeout => {
+                return Err(Error::Timeout { what: what.to_string(), waited: start.elapsed(), last });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// One ping and what it printed.
 #[derive(Clone, Debug)]
 pub struct PingResult {
