@@ -373,8 +373,8 @@ pub async fn run<K, S, H>(
     loop {
         let started = std::time::Instant::now();
         let result = pass(kernel, source, host).await;
-        // The pass's own duration (desired state, kernel read, diff, apply, host sync).
-        let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // The pass's own duration in ms, to 10 µs (desired state, kernel read, diff, apply, host sync).
+        let took_ms = (started.elapsed().as_secs_f64() * 1e5).round() / 100.0;
         let applied = result.as_ref().map(|r| r.kernel.applied.clone()).unwrap_or_default();
         // Changes the kernel accepts but that do not read back as applied would be re-applied
         // by every pass, and their echo would trigger the next one: a hot loop. Seen twice in a
