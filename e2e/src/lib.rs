@@ -7,6 +7,9 @@
 //! Control plane: [`apiserver`] connects to the real API server `make test-root` starts, applies
 //! the generated CRDs and drives objects from YAML (kube-rs and the real kubectl); [`kapi`] is a
 //! test's own server (stoppable), [`forward`] makes it reachable inside a node's namespace.
+//!
+//! Containers: [`podman`] builds the project's images (`images/build`) and runs them with
+//! podman the way a pod spec says.
 pub mod agent;
 pub mod apiserver;
 pub mod cmd;
@@ -17,5 +20,6 @@ pub mod kapi;
 pub mod netns;
 pub mod operator;
 pub mod pod;
+pub mod podman;
 pub mod probe;
 pub mod topology;

@@ -19,6 +19,7 @@
 pub mod caps;
 pub mod netlink;
 pub mod nft_events;
+pub mod privilege;
 pub mod sysctl;
 
 use std::collections::{BTreeMap, BTreeSet};
