@@ -16,7 +16,7 @@ CARGO ?= cargo
 PYTEST ?= python3 -m pytest
 export KAPI_STATE ?= /tmp/trellis-kapi-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 
-.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean
+.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean images
 
 all: build
 
@@ -61,6 +61,12 @@ apiserver-stop:
 test-vm: build
 	@[ "$$(id -u)" = 0 ] || { echo "test-vm needs root"; exit 1; }
 	$(CURDIR)/e2e/testbed/run-vm-tests $(VM_TESTS)
+
+# Container images (podman; the base is Debian 12 from debootstrap, no registry needed):
+# localhost/trellis/{agent,operator}:VERSION from images/Containerfile.*, cached (images/build).
+images:
+	@[ "$$(id -u)" = 0 ] || { echo "images needs root (podman)"; exit 1; }
+	$(CURDIR)/images/build all
 
 clean:
 	$(CARGO) clean

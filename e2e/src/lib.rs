@@ -17,6 +17,7 @@ pub mod cni;
 pub mod error;
 pub mod forward;
 pub mod kapi;
+pub mod lab_report;
 pub mod netns;
 pub mod operator;
 pub mod pod;
