@@ -14,8 +14,8 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use trellis_agent::desired::{Capabilities, DesiredState};
 use trellis_agent::kernel::NetlinkKernel;
+use trellis_agent::model::{Capabilities, DesiredState};
 use trellis_agent::reconcile::{self, BoxError, DesiredSource, PassReport, SystemHost};
 use trellis_agent::snapshot::Snapshot;
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
-use trellis_agent::desired::Capabilities;
+use trellis_agent::model::Capabilities;
 use trellis_agent::reconcile::PassReport;
 use trellis_agent::snapshot::{CniPlugin, CniSettings, LocalNode, Peer, Pool, Snapshot, VxlanSettings};
 use trellis_api::EncapMode;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ObjectMeta, PostParams};
-use trellis_agent::vtep::MacAddr;
+use trellis_agent::model::MacAddr;
 use trellis_api::ipam_block::block_name;
 use trellis_api::{EncapMode, IPAMBlock, IPAMBlockSpec, IPPool, IPPoolSpec, NodeNetwork};
 use trellis_e2e::agent::{AgentProcess, ClusterAgent};

@@ -16,9 +16,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use trellis_agent::desired::{Capabilities, IPIP_OVERHEAD, ROUTE_PROTOCOL, VXLAN_OVERHEAD};
+use trellis_agent::model::{Capabilities, IPIP_OVERHEAD, MacAddr, ROUTE_PROTOCOL, VXLAN_OVERHEAD};
 use trellis_agent::snapshot::Pool;
-use trellis_agent::vtep::{MacAddr, tunnel_address_for};
+use trellis_agent::vtep::tunnel_address_for;
 use trellis_api::EncapMode::{self, Always, CrossSubnet, Never};
 use trellis_e2e::pod::PodInfo;
 use trellis_e2e::probe::{self, WireSample};

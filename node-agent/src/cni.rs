@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use crate::desired::CniConfig;
+use crate::model::CniConfig;
 use crate::snapshot::{CniPlugin, CniSettings};
 
 /// Name of the network in the conflist (also host-local's directory under `dataDir`).

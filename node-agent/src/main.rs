@@ -16,11 +16,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use trellis_agent::desired::{Capabilities, DesiredState};
 use trellis_agent::k8s::agent::{self as k8s_agent, AgentConfig};
 use trellis_agent::kernel::caps;
 use trellis_agent::kernel::netlink::{self, NetlinkKernel};
 use trellis_agent::kernel::{privilege, sysctl};
+use trellis_agent::model::{Capabilities, DesiredState};
 use trellis_agent::reconcile::{self, LoopOptions, PassReport, SnapshotSource, SystemHost};
 use trellis_agent::snapshot::Snapshot;
 

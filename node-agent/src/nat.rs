@@ -36,7 +36,7 @@ use nftables::schema::{Chain, NfListObject, NfObject, Nftables, Rule, Set, SetFl
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use crate::desired::NatPlan;
+use crate::model::NatPlan;
 
 /// Name of the one nftables table Trellis owns.
 pub const TABLE: &str = "trellis";

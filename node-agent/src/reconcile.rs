@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::desired::{Capabilities, CniConfig, DesiredState, NatPlan};
-use crate::diff::{Change, Diff, diff, diff_with_conflicts};
+use crate::diff::{Diff, diff, diff_with_conflicts};
 use crate::kernel::caps::{CapabilityCache, Needs};
 use crate::kernel::netlink::KernelEvent;
 use crate::kernel::{ApplyReport, ChangeFailure, Kernel, KernelError, apply_refusing};
+use crate::model::{Capabilities, Change, CniConfig, DesiredState, NatPlan};
 use crate::snapshot::{Snapshot, SnapshotError};
 
 /// Name looked at when no VXLAN pool is in use, so a device left by an earlier pass is found

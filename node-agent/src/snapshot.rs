@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use trellis_api::EncapMode;
 
-use crate::vtep::MacAddr;
+use crate::model::MacAddr;
 
 /// Everything the planner needs to know about the cluster, seen from one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

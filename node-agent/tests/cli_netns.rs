@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use trellis_agent::desired::{Capabilities, DesiredState};
 use trellis_agent::kernel::NetlinkKernel;
+use trellis_agent::model::{Capabilities, DesiredState};
 use trellis_agent::reconcile::{self, BoxError, DesiredSource, PassReport, SystemHost};
 use trellis_agent::snapshot::Snapshot;
 

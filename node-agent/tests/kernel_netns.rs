@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde_json::Value;
-use trellis_agent::desired::{DesiredState, FdbEntry, Neighbour, Route, RouteKind, VxlanTunnel};
-use trellis_agent::diff::{Change, diff};
+use trellis_agent::diff::diff;
 use trellis_agent::kernel::netlink::{self, NetlinkKernel};
 use trellis_agent::kernel::{Kernel, apply};
+use trellis_agent::model::{Change, DesiredState, FdbEntry, MacAddr, Neighbour, Route, RouteKind, VxlanTunnel};
 use trellis_agent::reconcile::{self, BoxError, DesiredSource, Host, LoopOptions, Trigger};
-use trellis_agent::vtep::MacAddr;
 
 const VX: &str = "vxlan.trellis";
 
@@ -502,10 +501,10 @@ impl DesiredSource<NetlinkKernel> for Fixed {
 struct NoHost;
 
 impl Host for NoHost {
-    fn sync_nat(&self, _plan: &trellis_agent::desired::NatPlan) -> Result<bool, BoxError> {
+    fn sync_nat(&self, _plan: &trellis_agent::model::NatPlan) -> Result<bool, BoxError> {
         Ok(false)
     }
-    fn write_cni(&self, _config: &trellis_agent::desired::CniConfig) -> Result<bool, BoxError> {
+    fn write_cni(&self, _config: &trellis_agent::model::CniConfig) -> Result<bool, BoxError> {
         Ok(false)
     }
 }
@@ -582,7 +581,7 @@ fn reconcile_loop_repairs_out_of_band_deletions_on_kernel_events() {
 #[test]
 #[ignore = "vm: needs the ipip module (full-kernel VM)"]
 fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
-    use trellis_agent::desired::{IPIP_DEVICE, IpipTunnel};
+    use trellis_agent::model::{IPIP_DEVICE, IpipTunnel};
     let ns = Netns::new("ipip");
     let mut d = DesiredState {
         mtu: 1480,
@@ -839,7 +838,7 @@ fn a_foreign_route_to_a_desired_destination_is_reported_not_taken_over() {
 #[test]
 #[ignore = "vm: needs the ipip module (full-kernel VM)"]
 fn vm_foreign_tunl0_state_and_addresses_are_left_alone() {
-    use trellis_agent::desired::{IPIP_DEVICE, IpipTunnel};
+    use trellis_agent::model::{IPIP_DEVICE, IpipTunnel};
     let ns = Netns::new("tunl0own");
     // Loading the module gives every namespace its tunl0.
     sh("modprobe", &["ipip"]);
@@ -898,7 +897,7 @@ fn reconcile_loop_repairs_neighbour_fdb_address_and_nft_drift_on_events() {
         let events = netlink::subscribe().unwrap();
         let mut d = desired(4096, TWO_PEERS);
         let pools: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap()];
-        d.nat = trellis_agent::desired::NatPlan { nat_sources: pools.clone(), all_pools: pools };
+        d.nat = trellis_agent::model::NatPlan { nat_sources: pools.clone(), all_pools: pools };
         let mut source = Fixed(d);
         // Resync five minutes away: within the test only notifications can repair drift.
         let options = LoopOptions { resync_interval: Duration::from_secs(300), ..LoopOptions::default() };

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipnet::IpNet;
 use serde_json::Value;
-use trellis_agent::desired::NatPlan;
+use trellis_agent::model::NatPlan;
 use trellis_agent::nat::{self, TABLE};
 
 /// A network namespace that exists as long as this value does.

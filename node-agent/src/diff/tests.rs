@@ -1,8 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::desired::{IpipTunnel, RouteKind};
-use crate::kernel::IpipDevice;
+use crate::model::{IpipDevice, IpipTunnel, MacAddr, Route, StrayRoute};
 
 const VX: &str = "vxlan.trellis";
 
@@ -354,14 +353,8 @@ fn a_route_that_would_take_over_a_foreign_one_is_held_back_as_a_conflict() {
 fn stray_routes_are_always_removed() {
     let d = two_peers();
     let mut current = converged(&d);
-    let stray = crate::kernel::StrayRoute {
-        dst: "10.51.0.0/24".parse().unwrap(),
-        src: None,
-        table: 100,
-        route_type: 7,
-        tos: 0,
-        metric: None,
-    };
+    let stray =
+        StrayRoute { dst: "10.51.0.0/24".parse().unwrap(), src: None, table: 100, route_type: 7, tos: 0, metric: None };
     current.stray_routes.push(stray.clone());
     let changes = diff(&current, &d);
     assert_eq!(changes, vec![Change::DelStrayRoute(stray)]);

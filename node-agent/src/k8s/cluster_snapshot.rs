@@ -14,8 +14,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use trellis_api::{IPAMBlock, IPPool, Installation, NodeNetwork};
 
+use crate::model::MacAddr;
 use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, Snapshot, VxlanSettings};
-use crate::vtep::MacAddr;
 
 /// This node as detected locally.
 #[derive(Clone, Debug, PartialEq, Eq)]

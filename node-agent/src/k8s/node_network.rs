@@ -13,8 +13,8 @@ use trellis_api::node_network::KernelCapabilities;
 use trellis_api::{NodeNetwork, NodeNetworkSpec};
 
 use super::cluster_snapshot::LocalIdentity;
-use crate::desired::Capabilities;
-use crate::vtep::{MacAddr, tunnel_address_for};
+use crate::model::{Capabilities, MacAddr};
+use crate::vtep::tunnel_address_for;
 
 /// Field manager of everything the agent writes.
 pub const FIELD_MANAGER: &str = "trellis-agent";

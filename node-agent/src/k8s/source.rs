@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::cluster_snapshot::ClusterSnapshot;
-use crate::desired::{Capabilities, DesiredState, PoolPlan};
 use crate::kernel::Kernel;
 use crate::kernel::caps::{CapabilityCache, Needs};
+use crate::model::{Capabilities, DesiredState, PoolPlan};
 use crate::reconcile::{BoxError, DesiredSource, desired_from_snapshot};
 
 /// What the last pass was planned from (for the NodeNetwork status).

@@ -14,7 +14,7 @@ use trellis_api::node_network::AppliedPool;
 use trellis_api::{NodeNetwork, NodeNetworkStatus};
 
 use super::node_network::FIELD_MANAGER;
-use crate::desired::PoolPlan;
+use crate::model::PoolPlan;
 
 /// What one pass did, in the terms of the status.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -147,7 +147,7 @@ pub async fn write(api: &Api<NodeNetwork>, name: &str, status: &NodeNetworkStatu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::Encapsulation;
+    use crate::model::Encapsulation;
     use trellis_api::EncapMode;
 
     fn at(secs: i64) -> Time {

@@ -13,8 +13,8 @@
 //! device. A "yes" is kept; a "no" is asked again on the next pass that needs the kind (the
 //! module may have been installed or loaded since, without an agent restart).
 
-use crate::desired::{Capabilities, IPIP_DEVICE};
 use crate::kernel::Kernel;
+use crate::model::{Capabilities, IPIP_DEVICE};
 use crate::snapshot::Pool;
 
 /// A tunnel kind to probe.

@@ -1,16 +1,12 @@
 //! The kernel layer: the part of the host's network stack Trellis owns, behind one trait.
 //!
-//! Design: [`KernelState`] is what Trellis owns *now*, read back in the same shapes the planner
-//! produces ([`crate::desired`]): `tunl0` (with its owner mark and only our labelled address as
-//! ours), the one VXLAN device (by name), every route carrying
-//! [`crate::desired::ROUTE_PROTOCOL`] in any table (planner-shaped ones in table main as
-//! routes, all others as stray routes to sweep), and the permanent neighbour/FDB entries on the
-//! VXLAN device. Of everything else only the destinations of foreign routes in table main are
-//! read, so that no desired route replaces one of them; nothing else is touched, so foreign
-//! routes, links, addresses and neighbours are safe by construction. The pure [`crate::diff`]
-//! turns (current, desired) into ordered [`Change`]s; [`Kernel::apply_one`] executes one of
-//! them and [`apply`] runs a batch the netavark way (independent changes keep going, failures
-//! are aggregated) and rolls back a half-added peer (neighbour/FDB added but its route refused)
+//! Design: [`Kernel::read`] returns the observed state ([`KernelState`], in [`crate::model`]):
+//! what Trellis owns *now*, in the same shapes the planner produces, found by its marks, plus the
+//! destinations of foreign routes in table main so that no desired route replaces one of them;
+//! nothing else is read or touched, so foreign routes, links, addresses and neighbours are safe
+//! by construction. The pure [`crate::diff`] turns (current, desired) into ordered
+//! [`Change`]s; [`Kernel::apply_one`] executes one of them and [`apply`] runs a batch the
+//! netavark way (independent changes keep going, failures are aggregated) and rolls back a half-added peer (neighbour/FDB added but its route refused)
 //! as far as nothing in the kernel still needs it.
 //!
 //! The only implementation, [`netlink::NetlinkKernel`], wraps rtnetlink (pinned) in one file so a
@@ -26,125 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Serialize;
 
-use crate::desired::{Capabilities, FdbEntry, Neighbour, Route, RouteKind};
-pub use crate::diff::Change;
-use crate::vtep::MacAddr;
+use crate::model::{Capabilities, Change, FdbEntry, KernelState, MacAddr, Neighbour, Route, RouteKind};
 pub use netlink::NetlinkKernel;
-
-/// The kernel state Trellis owns, as read back from the kernel.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KernelState {
-    /// `tunl0`, when the kernel has it (the `ipip` module is loaded).
-    pub ipip: Option<IpipDevice>,
-    /// The VXLAN device with the name asked for, when it exists.
-    pub vxlan: Option<VxlanDevice>,
-    /// Routes in table main with [`crate::desired::ROUTE_PROTOCOL`] in a shape the planner
-    /// produces ([`Route`]), by destination.
-    pub routes: BTreeMap<IpNet, Route>,
-    /// Every other route carrying [`crate::desired::ROUTE_PROTOCOL`], in any table: shapes Trellis
-    /// never installs (dev-only, unreachable/prohibit, multipath, a metric, TOS or source
-    /// prefix, another table, a second route to one destination). Stamped as ours, never
-    /// desired: always swept.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stray_routes: Vec<StrayRoute>,
-    /// Destinations of routes in table main *without* our protocol, with that protocol's
-    /// name. Not ours: read only so that a desired route never replaces one of them.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub foreign_routes: BTreeMap<IpNet, String>,
-    /// Permanent neighbour entries on the VXLAN device (sorted).
-    pub neighbours: Vec<Neighbour>,
-    /// Permanent FDB entries with a remote on the VXLAN device (sorted).
-    pub fdb: Vec<FdbEntry>,
-    /// Other VXLAN devices marked as Trellis' ([`OWNER_ALIAS`]): left over after the device
-    /// name setting changed. Unmarked (foreign) devices never appear here.
-    pub stale_vxlan: Vec<String>,
-}
-
-/// Interface alias (`ip link set DEV alias trellis`) marking the VXLAN device Trellis created,
-/// so a device left behind under an old name is recognised — also across restarts.
-pub const OWNER_ALIAS: &str = "trellis";
-
-/// A route carrying our protocol that the planner never produces, with what identifies it for
-/// deletion (`ip route del <type> <dst> [from <src>] table <table> proto 84 tos <tos> metric <metric>`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StrayRoute {
-    pub dst: IpNet,
-    /// Source prefix (IPv6 `from`), if any.
-    pub src: Option<IpNet>,
-    pub table: u32,
-    /// Route type as the kernel numbers it (`RTN_UNICAST` = 1, `RTN_UNREACHABLE` = 7, ...).
-    pub route_type: u8,
-    pub tos: u8,
-    /// `RTA_PRIORITY`, when the kernel reports one.
-    pub metric: Option<u32>,
-}
-
-impl StrayRoute {
-    /// The iproute2 word for the route type.
-    pub fn type_name(&self) -> String {
-        match self.route_type {
-            1 => "unicast".into(),
-            2 => "local".into(),
-            3 => "broadcast".into(),
-            4 => "anycast".into(),
-            5 => "multicast".into(),
-            6 => "blackhole".into(),
-            7 => "unreachable".into(),
-            8 => "prohibit".into(),
-            9 => "throw".into(),
-            10 => "nat".into(),
-            other => format!("type-{other}"),
-        }
-    }
-}
-
-/// Label (`ip addr add ... label tunl0:trellis`) marking the tunnel address Trellis put on
-/// `tunl0`. `tunl0` is shared with the kernel and possibly other tools, so only addresses
-/// carrying this label are ours; it survives agent restarts and iproute2 shows it.
-pub const IPIP_ADDRESS_LABEL: &str = "tunl0:trellis";
-
-/// The label Trellis gives its addresses on `dev`, if it labels them (only on the shared
-/// `tunl0`; the VXLAN device is Trellis' own, so everything on it is).
-pub fn address_label(dev: &str) -> Option<&'static str> {
-    (dev == crate::desired::IPIP_DEVICE).then_some(IPIP_ADDRESS_LABEL)
-}
-
-/// `tunl0` as the kernel has it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IpipDevice {
-    pub mtu: u32,
-    pub up: bool,
-    /// Trellis adopted it ([`OWNER_ALIAS`]): only then does Trellis set it down again.
-    pub owned: bool,
-    /// Our addresses: those labelled [`IPIP_ADDRESS_LABEL`].
-    pub addresses: Vec<IpNet>,
-    /// Everybody else's addresses (IPv6 link-local ones left out): never touched.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub foreign_addresses: Vec<IpNet>,
-}
-
-/// The VXLAN device as the kernel has it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VxlanDevice {
-    pub name: String,
-    pub vni: u32,
-    pub port: u16,
-    pub local: Option<IpAddr>,
-    /// Name of the underlay link (`dev` of `ip link add ... type vxlan`).
-    pub uplink: Option<String>,
-    pub learning: bool,
-    pub mac: MacAddr,
-    pub mtu: u32,
-    pub up: bool,
-    /// Addresses except IPv6 link-local ones.
-    pub addresses: Vec<IpNet>,
-}
 
 /// A kernel operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -249,7 +129,7 @@ pub async fn apply<K: Kernel>(kernel: &K, changes: &[Change]) -> ApplyReport {
 }
 
 /// [`apply`], with `refused`: changes that never reach the kernel (a route that would take over
-/// a foreign one, see [`crate::diff::RouteConflict`]). They are reported as failures and count
+/// a foreign one, see [`crate::model::RouteConflict`]). They are reported as failures and count
 /// as refused routes for the rollback of a half-added peer.
 pub async fn apply_refusing<K: Kernel>(kernel: &K, changes: &[Change], refused: Vec<ChangeFailure>) -> ApplyReport {
     let mut report = ApplyReport::default();
@@ -368,7 +248,7 @@ pub(crate) mod fake {
     use std::cell::RefCell;
 
     use super::*;
-    use crate::desired::Capabilities;
+    use crate::model::{IPIP_DEVICE, IpipDevice, VxlanDevice};
 
     pub type Refusal = Box<dyn Fn(&Change) -> bool>;
 
@@ -474,19 +354,19 @@ pub(crate) mod fake {
                         v.mtu = mtu.unwrap_or(v.mtu);
                         v.mac = mac.unwrap_or(v.mac);
                         v.up = up.unwrap_or(v.up);
-                    } else if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
+                    } else if let Some(t) = self.ipip.as_mut().filter(|_| dev == IPIP_DEVICE) {
                         t.mtu = mtu.unwrap_or(t.mtu);
                         t.up = up.unwrap_or(t.up);
                     }
                 }
                 Change::SetOwner { dev, owned } => {
-                    if let Some(t) = self.ipip.as_mut().filter(|_| dev == crate::desired::IPIP_DEVICE) {
+                    if let Some(t) = self.ipip.as_mut().filter(|_| dev == IPIP_DEVICE) {
                         t.owned = *owned;
                     }
                 }
                 Change::AddAddress { dev, address } | Change::DelAddress { dev, address } => {
                     let add = matches!(change, Change::AddAddress { .. });
-                    let list = if dev == crate::desired::IPIP_DEVICE {
+                    let list = if dev == IPIP_DEVICE {
                         self.ipip.as_mut().map(|t| &mut t.addresses)
                     } else {
                         self.vxlan.as_mut().map(|v| &mut v.addresses)
@@ -527,7 +407,6 @@ pub(crate) mod fake {
 mod tests {
     use super::fake::FakeKernel;
     use super::*;
-    use crate::desired::FdbEntry;
 
     fn neighbour(ip: &str, mac: &str) -> Neighbour {
         Neighbour { dev: "vx".into(), ip: ip.parse().unwrap(), mac: mac.parse().unwrap() }

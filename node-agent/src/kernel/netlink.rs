@@ -26,13 +26,11 @@ use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, MulticastGroup};
 use tokio::sync::mpsc;
 
 use super::caps::{self, LinkProbe, ProbeOutcome, TunnelKind};
-use super::{
-    IPIP_ADDRESS_LABEL, IpipDevice, Kernel, KernelError, KernelState, OWNER_ALIAS, StrayRoute, VxlanDevice,
-    address_label, sysctl,
+use super::{Kernel, KernelError, sysctl};
+use crate::model::{
+    Capabilities, Change, FdbEntry, IPIP_ADDRESS_LABEL, IPIP_DEVICE, IpipDevice, KernelState, MacAddr, Neighbour,
+    OWNER_ALIAS, ROUTE_PROTOCOL, Route, RouteKind, StrayRoute, VxlanDevice, VxlanTunnel, address_label,
 };
-use crate::desired::{Capabilities, FdbEntry, IPIP_DEVICE, Neighbour, ROUTE_PROTOCOL, Route, RouteKind, VxlanTunnel};
-use crate::diff::Change;
-use crate::vtep::MacAddr;
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;

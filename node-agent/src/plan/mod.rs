@@ -30,9 +30,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::desired::{Capabilities, DesiredState, IPIP_DEVICE, IpipTunnel, NatPlan, Sysctl, VxlanTunnel};
+use crate::model::{Capabilities, DesiredState, IPIP_DEVICE, IpipTunnel, MacAddr, NatPlan, Sysctl, VxlanTunnel};
 use crate::snapshot::{CniPlugin, Snapshot};
-use crate::vtep::{MacAddr, tunnel_address_for};
+use crate::vtep::tunnel_address_for;
 
 use pools::{Pools, is_ipip, is_vxlan};
 

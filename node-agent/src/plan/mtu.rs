@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use crate::desired::{IPIP_OVERHEAD, VXLAN_OVERHEAD};
+use crate::model::{IPIP_OVERHEAD, VXLAN_OVERHEAD};
 
 use super::PlanError;
 

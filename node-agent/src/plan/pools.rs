@@ -13,7 +13,7 @@
 use ipnet::IpNet;
 use trellis_api::EncapMode;
 
-use crate::desired::{Capabilities, Encapsulation, PoolPlan};
+use crate::model::{Capabilities, Encapsulation, PoolPlan};
 use crate::snapshot::{LocalNode, Pool};
 
 /// One pool as the planner sees it.

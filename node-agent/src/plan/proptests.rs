@@ -19,7 +19,7 @@ use serde_json::Value;
 use trellis_api::EncapMode;
 
 use super::*;
-use crate::desired::RouteKind;
+use crate::model::RouteKind;
 use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, VxlanSettings};
 
 const MODES: [EncapMode; 3] = [EncapMode::Never, EncapMode::Always, EncapMode::CrossSubnet];

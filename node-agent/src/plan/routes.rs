@@ -24,9 +24,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::desired::{Encapsulation, FdbEntry, IPIP_DEVICE, Neighbour, Route, RouteKind};
+use crate::model::{Encapsulation, FdbEntry, IPIP_DEVICE, MacAddr, Neighbour, Route, RouteKind};
 use crate::snapshot::{LocalNode, Peer};
-use crate::vtep::{MacAddr, tunnel_address_for};
+use crate::vtep::tunnel_address_for;
 
 use super::pools::{PoolView, Pools};
 

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use trellis_api::EncapMode::{self, Always, CrossSubnet, Never};
 
 use super::*;
-use crate::desired::{Encapsulation, FdbEntry, Neighbour, Route, RouteKind};
+use crate::model::{Encapsulation, FdbEntry, Neighbour, Route, RouteKind};
 use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, VxlanSettings};
 
 const VX: &str = "vxlan.trellis";
@@ -585,7 +585,7 @@ fn documented_plan_output_matches_the_planner() {
     assert_eq!(desired, documented, "docs/snapshot.md shows a stale plan: regenerate it");
     // The documented host is a fresh namespace: nothing of Trellis' in the kernel yet.
     let changes: Vec<String> =
-        crate::diff::diff(&crate::kernel::KernelState::default(), &desired).iter().map(ToString::to_string).collect();
+        crate::diff::diff(&crate::model::KernelState::default(), &desired).iter().map(ToString::to_string).collect();
     assert_eq!(changes, documented_changes, "docs/snapshot.md shows stale changes: regenerate them");
 }
 

@@ -4,9 +4,8 @@ use std::rc::Rc;
 use tokio::sync::{Notify, mpsc};
 
 use super::*;
-use crate::desired::{FdbEntry, Neighbour, PoolPlan, Route, RouteKind, Sysctl, VxlanTunnel};
 use crate::kernel::fake::FakeKernel;
-use crate::vtep::MacAddr;
+use crate::model::{FdbEntry, MacAddr, Neighbour, PoolPlan, Route, RouteKind, Sysctl, VxlanTunnel};
 
 const VX: &str = "vxlan.trellis";
 
@@ -26,7 +25,7 @@ fn desired() -> DesiredState {
         sysctls: vec![Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() }],
         pools: vec![PoolPlan {
             name: "ipip-pool".into(),
-            encapsulation: crate::desired::Encapsulation::None,
+            encapsulation: crate::model::Encapsulation::None,
             disabled: false,
             error: Some("no ipip support in this kernel".into()),
         }],

@@ -159,7 +159,7 @@ fn the_snapshot_plans_routes_to_the_peer_blocks() {
     let nns = vec![nn("node2", "10.0.1.12/24", |_| {})];
     let mut got = snapshot_from_cluster(&me(), &pools, &blocks, &nns, None, &settings()).unwrap();
     got.snapshot.node.uplink_mtu = Some(1500);
-    let desired = crate::plan::plan(&got.snapshot, crate::desired::Capabilities::default()).unwrap();
+    let desired = crate::plan::plan(&got.snapshot, crate::model::Capabilities::default()).unwrap();
     assert!(desired.routes.contains_key(&"10.244.2.0/26".parse::<IpNet>().unwrap()), "{:?}", desired.routes);
     assert!(desired.vxlan.is_some());
 }
