@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{IPAMBlock, IPPool, Installation, NodeNetwork};
+use crate::{GlobalNetworkPolicy, IPAMBlock, IPPool, Installation, NodeNetwork};
 
 /// Every CRD with the file name it is written to.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -13,6 +13,7 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("ippools.yaml", IPPool::crd()),
         ("nodenetworks.yaml", NodeNetwork::crd()),
         ("ipamblocks.yaml", IPAMBlock::crd()),
+        ("globalnetworkpolicies.yaml", GlobalNetworkPolicy::crd()),
     ]
 }
 

@@ -13,6 +13,7 @@
 pub mod crdgen;
 pub mod defaults;
 pub mod encap;
+pub mod global_network_policy;
 pub mod installation;
 pub mod ip_pool;
 pub mod ipam_block;
@@ -21,6 +22,7 @@ pub mod overlap;
 pub mod selector;
 
 pub use encap::EncapMode;
+pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
 pub use installation::{Installation, InstallationSpec, InstallationStatus};
 pub use ip_pool::{IPPool, IPPoolSpec, IPPoolStatus};
 pub use ipam_block::{IPAMBlock, IPAMBlockSpec};

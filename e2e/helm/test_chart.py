@@ -103,11 +103,12 @@ def test_app_version_is_the_crate_version():
     assert meta["appVersion"] == crate_version()
 
 
-def test_chart_carries_the_four_crds():
+def test_chart_carries_the_five_crds():
     with helm.Chart.load(CHART) as chart:
         crds = [yaml.safe_load(c["data"]) for c in chart.crds]
     names = sorted(c["metadata"]["name"] for c in crds)
     assert names == [
+        "globalnetworkpolicies.trellis.dev",
         "installations.trellis.dev",
         "ipamblocks.trellis.dev",
         "ippools.trellis.dev",

@@ -90,7 +90,7 @@ def http_status(url: str) -> int:
 
 def test_install_creates_the_release_and_the_operator_runs_with_its_arguments(cfg):
     install(cfg)
-    for kind, name in [("crd", f"{p}.trellis.dev") for p in ("installations", "ippools", "nodenetworks", "ipamblocks")] + [
+    for kind, name in [("crd", f"{p}.trellis.dev") for p in ("installations", "ippools", "nodenetworks", "ipamblocks", "globalnetworkpolicies")] + [
         ("clusterrole", "trellis-operator"),
         ("clusterrolebinding", "trellis-operator"),
         ("installation", "default"),

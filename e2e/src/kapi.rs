@@ -52,6 +52,16 @@ impl PrivateApiServer {
         &self.kubeconfig
     }
 
+    /// The instance's state dir (`KAPI_STATE`): certificates, etcd data, logs.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Stops an instance by its state dir (for a teardown that cannot own the guard).
+    pub fn stop_state_dir(state: &Path) -> Result<()> {
+        Self::command(state, "stop").map(|_| ())
+    }
+
     /// The apiserver's port on the host's loopback.
     pub fn port(&self) -> Result<u16> {
         let path = self.state.path().join("port");

@@ -10,8 +10,13 @@
 //!
 //! Containers: [`podman`] builds the project's images (`images/build`) and runs them with
 //! podman the way a pod spec says.
+//!
+//! Whole cluster: [`cluster`] brings up API server, operator, Node objects, node namespaces and
+//! a kubelet stand-in that runs the operator's DaemonSet; [`stream`] measures traffic between
+//! pods (loss, reordering, gaps, TCP retransmits) while the cluster changes.
 pub mod agent;
 pub mod apiserver;
+pub mod cluster;
 pub mod cmd;
 pub mod cni;
 pub mod error;
@@ -22,5 +27,7 @@ pub mod netns;
 pub mod operator;
 pub mod pod;
 pub mod podman;
+pub mod policy;
 pub mod probe;
+pub mod stream;
 pub mod topology;

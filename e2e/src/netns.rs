@@ -35,6 +35,11 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Takes charge of an existing namespace (e.g. one left behind): deleted on drop.
+    pub fn adopt(name: &str) -> Self {
+        Netns { name: name.to_string() }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

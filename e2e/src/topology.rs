@@ -90,16 +90,14 @@ impl TopologyBuilder {
             internet,
             prefix: prefix.clone(),
             dir,
+            pools: pools.clone(),
         };
         topo.wire_router()?;
         let mut subnets: Vec<u8> = self.nodes.iter().map(|(_, s)| *s).collect();
         subnets.sort();
         subnets.dedup();
         for s in &subnets {
-            let br = format!("br{s}");
-            topo.router.ip(&["link", "add", &br, "type", "bridge"])?;
-            topo.router.ip(&["addr", "add", &format!("10.0.{s}.1/24"), "dev", &br])?;
-            topo.router.ip(&["link", "set", &br, "up"])?;
+            topo.add_subnet(*s)?;
         }
         for (i, (name, subnet)) in self.nodes.iter().enumerate() {
             let index = i as u8 + 1;
@@ -165,6 +163,7 @@ pub struct Topology {
     pub internet: Netns,
     pub prefix: String,
     dir: tempfile::TempDir,
+    pools: Vec<Ipv4Net>,
 }
 
 impl Topology {
@@ -201,6 +200,41 @@ impl Topology {
         inet.ip(&["link", "set", UPLINK, "up"])?;
         inet.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
         Ok(())
+    }
+
+    /// The router's bridge `br<subnet>` with address `10.0.<subnet>.1/24`.
+    fn add_subnet(&self, subnet: u8) -> Result<()> {
+        let br = format!("br{subnet}");
+        self.router.ip(&["link", "add", &br, "type", "bridge"])?;
+        self.router.ip(&["addr", "add", &format!("10.0.{subnet}.1/24"), "dev", &br])?;
+        self.router.ip(&["link", "set", &br, "up"])?;
+        Ok(())
+    }
+
+    /// Adds a node to the built lab (a new subnet gets its bridge on the router); the node's
+    /// index is one more than the highest so far.
+    pub fn join_node(&mut self, name: &str, subnet: u8) -> Result<&Node> {
+        if self.nodes.iter().any(|n| n.name == name) {
+            return Err(Error::Setup(format!("node {name} exists already")));
+        }
+        if self.router.ip(&["link", "show", &format!("br{subnet}")]).is_err() {
+            self.add_subnet(subnet)?;
+        }
+        let index = self.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+        let node = self.add_node(name, index, subnet, &self.pools)?;
+        self.nodes.push(node);
+        Ok(&self.nodes[self.nodes.len() - 1])
+    }
+
+    /// Removes a node: its namespace (and with it its uplink and everything inside) and its
+    /// directory. Pods and agents of that node must be gone first.
+    pub fn remove_node(&mut self, name: &str) -> Result<()> {
+        let pos =
+            self.nodes.iter().position(|n| n.name == name).ok_or_else(|| Error::Setup(format!("no node {name}")))?;
+        let node = self.nodes.remove(pos);
+        let dir = node.dir.clone();
+        drop(node);
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("remove {}", dir.display()), e))
     }
 
     fn add_node(&self, name: &str, index: u8, subnet: u8, pools: &[Ipv4Net]) -> Result<Node> {

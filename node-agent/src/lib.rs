@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod model;
 pub mod nat;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod snapshot;
 pub mod vtep;

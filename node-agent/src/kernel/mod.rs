@@ -9,7 +9,7 @@
 //! netavark way (independent changes keep going, failures are aggregated) and rolls back a half-added peer (neighbour/FDB added but its route refused)
 //! as far as nothing in the kernel still needs it.
 //!
-//! The only implementation, [`netlink::NetlinkKernel`], wraps rtnetlink (pinned) in one file so a
+//! The only implementation, [`netlink::NetlinkKernel`], wraps rtnetlink (pinned) in one module so a
 //! bump touches nothing else. It acts on the network namespace of the thread that created it.
 
 pub mod caps;

@@ -1,0 +1,31 @@
+//! Network policy: Kubernetes NetworkPolicy and Trellis' GlobalNetworkPolicy (Calico's shape),
+//! enforced for this node's pods in one nftables table of its own, `inet trellis-policy`.
+//!
+//! * [`inputs`]: what the compiler reads (pods, namespaces, policies, this node's pods and
+//!   their host-side interfaces);
+//! * [`compile`] (pure): inputs → [`ruleset::Ruleset`], with [`kubernetes`] and [`global`]
+//!   for the two kinds of policy, [`label_selector`] for Kubernetes selectors and [`rule`] for
+//!   single nft rules;
+//! * [`ruleset`] (pure): the table's content and the nft scripts between two contents (element
+//!   updates or one atomic replacement);
+//! * [`apply`]: runs the scripts and repairs drift;
+//! * [`cluster`] and [`enforcer`]: the inputs from the Kubernetes API and the agent's loop.
+
+pub mod apply;
+// pub mod cluster;
+pub mod compile;
+// pub mod enforcer;
+pub mod global;
+pub mod inputs;
+pub mod interfaces;
+pub mod kubernetes;
+pub mod label_selector;
+pub mod rule;
+pub mod ruleset;
+
+#[cfg(test)]
+mod tests;
+
+pub use compile::{Compiled, compile};
+pub use inputs::{LocalPod, NamedPort, Pod, PolicyInputs};
+pub use ruleset::Ruleset;
