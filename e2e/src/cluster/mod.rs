@@ -24,10 +24,12 @@
 //! [`teardown::teardown_all`] from its signal handler.
 
 pub mod container;
+pub mod helm_operator;
 pub mod kubelet;
 pub mod node;
 pub mod operator_install;
 pub mod pod;
+pub mod podman_runtime;
 pub mod process_runtime;
 pub mod runtime;
 pub mod teardown;
@@ -178,7 +180,9 @@ impl Cluster {
                 kubeconfig: kapi.kubeconfig().to_path_buf(),
                 namespace: NAMESPACE.into(),
                 daemon_set: AGENT_DAEMONSET.into(),
-                shared_paths: vec![PathBuf::from("/lib/modules")],
+                // The kernel's modules, and the sysctl tree, whose net.* entries follow the
+                // opener's network namespace (each node's agent sees its own).
+                shared_paths: vec![PathBuf::from("/lib/modules"), PathBuf::from("/proc/sys/net")],
                 extra_env: vec![
                     ("KUBECONFIG".into(), CONTAINER_KUBECONFIG.into()),
                     (
