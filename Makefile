@@ -16,7 +16,7 @@ CARGO ?= cargo
 PYTEST ?= python3 -m pytest
 export KAPI_STATE ?= /tmp/trellis-kapi-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 
-.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean images
+.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean images lab lab-down
 
 all: build
 
@@ -67,6 +67,22 @@ test-vm: build
 images:
 	@[ "$$(id -u)" = 0 ] || { echo "images needs root (podman)"; exit 1; }
 	$(CURDIR)/images/build all
+
+# The lab (README's main command): installs what it needs with the installer .ci/run uses
+# (e2e/testbed/install-deps), builds the images and the lab, brings up a 3-node cluster from
+# the chart with podman and runs the experiments (e2e/src/bin/lab.rs). KEEP=1 leaves the
+# cluster up until Ctrl-C; NO_VM=1 skips the IPIP part in the VM.
+lab:
+	@[ "$$(id -u)" = 0 ] || { echo "make lab needs root (apt, podman, network namespaces)"; exit 1; }
+	@set -euo pipefail; . $(CURDIR)/e2e/testbed/install-deps; install_deps; \
+	  $(CURDIR)/images/build all; \
+	  $(CARGO) build -q -p trellis-agent -p trellis-e2e --bin trellis-agent --bin lab; \
+	  exec $(CURDIR)/target/debug/lab $(if $(KEEP),--keep) $(if $(NO_VM),--no-vm)
+
+# Removes whatever a killed or kept lab left (namespaces, containers, API server, files).
+lab-down:
+	@[ "$$(id -u)" = 0 ] || { echo "make lab-down needs root"; exit 1; }
+	@$(CARGO) build -q -p trellis-e2e --bin lab && $(CURDIR)/target/debug/lab down
 
 clean:
 	$(CARGO) clean
