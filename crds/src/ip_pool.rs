@@ -33,6 +33,12 @@ use crate::EncapMode;
     printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing"),
     printcolumn(name = "BLOCK", type_ = "integer", json_path = ".spec.blockSize"),
     printcolumn(
+        name = "PHASE",
+        type_ = "string",
+        json_path = ".status.transition.phase",
+        description = "phase of a live encapsulation/NAT change (Receive, Switch, Cleanup), empty when none runs"
+    ),
+    printcolumn(
         name = "READY",
         type_ = "string",
         json_path = ".status.ready",
@@ -168,7 +174,11 @@ pub struct IPPoolStatus {
     /// `converged/selected`, for `kubectl get ippools`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<String>,
-    /// A live encapsulation change in progress, if any.
+    /// The encapsulation and NAT every node runs (the result of the last completed change).
+    /// Agents keep these settings while a newer spec waits for its live change to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveSettings>,
+    /// A live encapsulation/NAT change in progress, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transition: Option<Transition>,
     /// Ready, Progressing, Degraded, CIDROverlap ...
@@ -176,7 +186,20 @@ pub struct IPPoolStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// A live encapsulation change (see docs/architecture.md, "Live mode change").
+/// The settings a live change is about (see docs/live-changes.md).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveSettings {
+    /// The pool generation these settings come from.
+    pub generation: i64,
+    /// `None`, `IPIP/Always`, `IPIP/CrossSubnet`, `VXLAN/Always` or `VXLAN/CrossSubnet`.
+    pub encapsulation: String,
+    pub nat_outgoing: bool,
+}
+
+/// A live encapsulation/NAT change (see docs/live-changes.md): Receive (every node can receive
+/// the new settings, senders use the old ones), Switch (senders use the new ones, the old
+/// receive side stays), Cleanup (the old receive side is removed).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Transition {
@@ -184,8 +207,36 @@ pub struct Transition {
     pub from: String,
     /// Encapsulation being entered, e.g. `VXLAN/Always`.
     pub to: String,
-    /// Receive (every node can receive the new one), Switch (senders switch), Cleanup (old one removed).
+    /// natOutgoing being left.
+    #[serde(default)]
+    pub from_nat_outgoing: bool,
+    /// natOutgoing being entered.
+    #[serde(default)]
+    pub to_nat_outgoing: bool,
+    /// The pool generation being entered.
+    #[serde(default)]
+    pub generation: i64,
+    /// Receive, Switch or Cleanup.
     pub phase: String,
+    /// When the change started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the current phase started (the timeout for nodes to report counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_started: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+/// IPPool annotation choosing how encapsulation/NAT changes are rolled out: `phased` (the
+/// default: the three phases, driven by the operator) or `direct` (every agent applies the new
+/// spec on its own, as soon as it sees it; for comparison and as an escape hatch).
+pub const LIVE_CHANGE_ANNOTATION: &str = "trellis.dev/live-change";
+
+impl IPPool {
+    /// Whether changes of this pool go through the three phases (see [`LIVE_CHANGE_ANNOTATION`]).
+    pub fn phased(&self) -> bool {
+        self.metadata.annotations.as_ref().and_then(|a| a.get(LIVE_CHANGE_ANNOTATION)).map(String::as_str)
+            != Some("direct")
+    }
 }
 
 impl IPPoolSpec {
@@ -196,6 +247,25 @@ impl IPPoolSpec {
     /// The effective VXLAN mode.
     pub fn vxlan(&self) -> EncapMode {
         self.vxlan_mode.unwrap_or_default()
+    }
+
+    /// The encapsulation as one word, as statuses write it: `None`, `IPIP/<mode>`,
+    /// `VXLAN/<mode>` (IP-in-IP first if both are enabled, which admission forbids).
+    pub fn encapsulation(&self) -> String {
+        match (self.ipip(), self.vxlan()) {
+            (EncapMode::Never, EncapMode::Never) => "None".to_string(),
+            (EncapMode::Never, vxlan) => format!("VXLAN/{vxlan}"),
+            (ipip, _) => format!("IPIP/{ipip}"),
+        }
+    }
+
+    /// The settings a live change is about, as [`ActiveSettings`] of `generation`.
+    pub fn live_settings(&self, generation: i64) -> ActiveSettings {
+        ActiveSettings {
+            generation,
+            encapsulation: self.encapsulation(),
+            nat_outgoing: self.nat_outgoing.unwrap_or(false),
+        }
     }
 
     /// The effective allowed uses, sorted and without duplicates: `allowedUses`, or Calico's
@@ -298,6 +368,31 @@ mod tests {
                 "{given:?}"
             );
         }
+    }
+
+    #[test]
+    fn encapsulation_is_one_word() {
+        assert_eq!(pool(|_| {}).encapsulation(), "None");
+        assert_eq!(pool(|p| p.vxlan_mode = Some(EncapMode::CrossSubnet)).encapsulation(), "VXLAN/CrossSubnet");
+        assert_eq!(pool(|p| p.ipip_mode = Some(EncapMode::Always)).encapsulation(), "IPIP/Always");
+        let s = pool(|p| {
+            p.vxlan_mode = Some(EncapMode::Never);
+            p.nat_outgoing = Some(true);
+        });
+        assert_eq!(
+            s.live_settings(4),
+            ActiveSettings { generation: 4, encapsulation: "None".into(), nat_outgoing: true }
+        );
+    }
+
+    #[test]
+    fn changes_are_phased_unless_the_pool_says_direct() {
+        let mut p = IPPool::new("p", pool(|_| {}));
+        assert!(p.phased());
+        p.metadata.annotations = Some([(LIVE_CHANGE_ANNOTATION.to_string(), "direct".to_string())].into());
+        assert!(!p.phased());
+        p.metadata.annotations = Some([(LIVE_CHANGE_ANNOTATION.to_string(), "phased".to_string())].into());
+        assert!(p.phased());
     }
 
     #[test]

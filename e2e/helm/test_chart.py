@@ -27,6 +27,9 @@ EXPECTED_CLUSTER_RULES = [
     },
     {"apiGroups": ["trellis.dev"], "resources": ["nodenetworks/status"], "verbs": ["create", "update", "patch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["trellis.dev"], "resources": ["globalnetworkpolicies"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [NAMESPACE], "verbs": ["patch"]},
     {
@@ -61,10 +64,11 @@ EXPECTED_ROLE_RULES = [
 AGENT_RULES = [
     {
         "apiGroups": ["trellis.dev"],
-        "resources": ["ippools", "ipamblocks", "nodenetworks", "installations"],
+        "resources": ["ippools", "ipamblocks", "nodenetworks", "installations", "globalnetworkpolicies"],
         "verbs": ["get", "list", "watch"],
     },
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["nodes", "pods", "namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
     {
         "apiGroups": ["trellis.dev"],
         "resources": ["nodenetworks", "nodenetworks/status"],

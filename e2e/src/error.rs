@@ -28,6 +28,20 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The namespace helper's errors are the test bed's, variant for variant.
+impl From<trellis_testkit::Error> for Error {
+    fn from(e: trellis_testkit::Error) -> Self {
+        match e {
+            trellis_testkit::Error::Command { command, status, stdout, stderr } => {
+                Error::Command { command, status, stdout, stderr }
+            }
+            trellis_testkit::Error::Spawn { command, source } => Error::Spawn { command, source },
+            trellis_testkit::Error::Io { context, source } => Error::Io { context, source },
+            trellis_testkit::Error::Setup(message) => Error::Setup(message),
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { context: context.into(), source }

@@ -105,7 +105,7 @@ struct TcpReceived {
 }
 
 fn bind_udp(ns: &str, port: u16) -> Result<UdpSocket> {
-    netns::udp_socket(ns, SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))
+    Ok(netns::udp_socket(ns, SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))?)
 }
 
 impl Stream {

@@ -433,6 +433,8 @@ pub fn pool(name: &str, cidr: &str, ipip: EncapMode, vxlan: EncapMode, nat_outgo
         nat_outgoing,
         disabled: false,
         block_size: Some(BLOCK_SIZE),
+        allowed_uses: None,
+        transition: None,
     })
 }
 

@@ -1,5 +1,5 @@
 //! Admission of the Trellis API on the real API server: what `kubectl apply` / `kubectl patch`
-//! users get for good and bad IPPool and Installation manifests.
+//! users get for good and bad IPPool, Installation and GlobalNetworkPolicy manifests.
 //!
 //! The rules live in the generated CRDs (OpenAPI schema + CEL `x-kubernetes-validations`,
 //! crds/src); these tests apply crds/yaml/*.yaml to the test bed's API server and feed it a
@@ -597,6 +597,99 @@ async fn installation_admission_table_kubectl() -> Result<()> {
     report("Installation via kubectl (dry run)", &cases, failures)
 }
 
+fn global_policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "trellis.dev/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": name}, "spec": spec})
+}
+
+/// GlobalNetworkPolicy manifests (Calico's shape); `n` makes each name unique.
+fn global_policy_cases(n: &dyn Fn(&str) -> String) -> Vec<Case> {
+    let c = |name: &'static str, spec: Value, expect| Case { name, manifest: global_policy(&n(name), spec), expect };
+    let allow_dns = json!({"action": "Allow", "protocol": "UDP", "destination": {"selector": "k8s-app == 'kube-dns'", "ports": [53]}});
+    vec![
+        c("default-deny", json!({"selector": "all()", "types": ["Ingress", "Egress"]}), Accept),
+        c(
+            "calico-lab-allow-dns",
+            json!({"order": 100, "selector": "projectcalico.org/namespace != 'kube-system'", "types": ["Egress"], "egress": [allow_dns]}),
+            Accept,
+        ),
+        c(
+            "every-field",
+            json!({"order": 10.5, "selector": "has(app) && tier in {'web', 'api'}", "namespaceSelector": "team == 'a'",
+                   "ingress": [{"action": "Log"}, {"action": "Pass"},
+                               {"action": "Deny", "protocol": "TCP", "source": {"nets": ["10.0.0.0/8", "192.168.1.1"], "notNets": ["10.1.0.0/16"], "namespaceSelector": "all()", "ports": [80, "8000:8080"]}, "destination": {"ports": [443]}}],
+                   "egress": [{"action": "Allow", "protocol": "ICMP"}]}),
+            Accept,
+        ),
+        c("bad-selector", json!({"selector": "app = 'web'"}), Reject("spec.selector must be a Calico selector")),
+        c(
+            "unbalanced-selector",
+            json!({"selector": "(app == 'web'"}),
+            Reject("spec.selector: parentheses must balance"),
+        ),
+        c(
+            "bad-namespace-selector",
+            json!({"namespaceSelector": "team == web"}),
+            Reject("spec.namespaceSelector must be a Calico selector"),
+        ),
+        c(
+            "bad-rule-selector",
+            json!({"ingress": [{"action": "Allow", "source": {"selector": "has(app"}}]}),
+            Reject("selector must be a Calico selector"),
+        ),
+        c("bad-action", json!({"ingress": [{"action": "Accept"}]}), Reject("Unsupported value: \"Accept\"")),
+        c("bad-type", json!({"types": ["Forward"]}), Reject("Unsupported value: \"Forward\"")),
+        c(
+            "bad-protocol",
+            json!({"egress": [{"action": "Allow", "protocol": "GRE"}]}),
+            Reject("Unsupported value: \"GRE\""),
+        ),
+        c(
+            "ports-without-protocol",
+            json!({"egress": [{"action": "Allow", "destination": {"ports": [53]}}]}),
+            Reject("ports need a protocol with ports"),
+        ),
+        c(
+            "ports-with-icmp",
+            json!({"egress": [{"action": "Allow", "protocol": "ICMP", "destination": {"ports": [53]}}]}),
+            Reject("ports need a protocol with ports"),
+        ),
+        c(
+            "port-out-of-range",
+            json!({"egress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": [70000]}}]}),
+            Reject("ports must be numbers 1-65535"),
+        ),
+        c(
+            "bad-net",
+            json!({"egress": [{"action": "Allow", "destination": {"nets": ["10.0.0.0/33"]}}]}),
+            Reject("nets must be CIDRs"),
+        ),
+        c(
+            "bad-not-net",
+            json!({"ingress": [{"action": "Allow", "source": {"notNets": ["example.com"]}}]}),
+            Reject("notNets must be CIDRs"),
+        ),
+        c("unsupported-calico-field", json!({"doNotTrack": true}), Reject("unknown field \"spec.doNotTrack\"")),
+    ]
+}
+
+#[tokio::test]
+#[ignore = "root: needs the real API server (make test-root)"]
+async fn global_network_policy_admission_table() -> Result<()> {
+    let api = server().await?;
+    let cases = global_policy_cases(&|case| unique_name(&format!("gnp-{case}")));
+    let failures = run_kube(&api, &cases, false).await?;
+    report("GlobalNetworkPolicy via kube-rs", &cases, failures)
+}
+
+#[tokio::test]
+#[ignore = "root: needs the real API server (make test-root)"]
+async fn global_network_policy_admission_table_kubectl() -> Result<()> {
+    let api = server().await?;
+    let cases = global_policy_cases(&|case| unique_name(&format!("gnk-{case}")));
+    let failures = run_kubectl(&api, &cases)?;
+    report("GlobalNetworkPolicy via kubectl", &cases, failures)
+}
+
 /// The merge patches users run on a live pool, in order, with the spec expected afterwards.
 /// Rejected patches must leave the spec as it was.
 fn patch_steps() -> Vec<(&'static str, Value, Expect)> {
@@ -813,17 +906,21 @@ async fn ippool_printer_columns() -> Result<()> {
     let manifest = yaml(&pool);
     let _guard = api.cleanup(&manifest)?;
     api.create_yaml(&manifest, FieldValidation::Strict, false).await?;
-    api.merge_patch_status(&manifest, &json!({"status": {"ready": "1/2"}})).await?;
+    let transition = json!({"from": "IPIP/CrossSubnet", "to": "VXLAN/Always", "phase": "Switch"});
+    api.merge_patch_status(&manifest, &json!({"status": {"ready": "1/2", "transition": transition}})).await?;
 
     let out = api.kubectl(&["get", "ippools", &name])?;
     ensure!(out.status.success(), "kubectl get: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().context("no header")?.split_whitespace().collect();
-    ensure!(header == ["NAME", "CIDR", "IPIP", "VXLAN", "NAT", "BLOCK", "READY", "AGE"], "header: {header:?}");
+    ensure!(header == ["NAME", "CIDR", "IPIP", "VXLAN", "NAT", "BLOCK", "PHASE", "READY", "AGE"], "header: {header:?}");
     let row: Vec<&str> = lines.next().context("no row")?.split_whitespace().collect();
-    ensure!(row.len() == 8, "row: {row:?}");
-    ensure!(row[..7] == [name.as_str(), "10.64.0.0/16", "CrossSubnet", "Never", "true", "28", "1/2"], "row: {row:?}");
+    ensure!(row.len() == 9, "row: {row:?}");
+    ensure!(
+        row[..8] == [name.as_str(), "10.64.0.0/16", "CrossSubnet", "Never", "true", "28", "Switch", "1/2"],
+        "row: {row:?}"
+    );
 
     // The short name and category work too (`kubectl get ipp`, `kubectl get trellis`).
     for what in ["ipp", "trellis"] {

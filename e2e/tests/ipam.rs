@@ -519,9 +519,11 @@ async fn ready_column_counts_nodes_that_applied_the_generation() -> Result<()> {
     };
     ready_is("0/3").await?;
 
-    // A user patches the pool: generation 2. Nodes report what they applied.
+    // A user patches the pool: generation 2. Nodes report what they applied. (Not an
+    // encapsulation or natOutgoing change: those run as a live change, whose READY counts
+    // the nodes in its phase — see live_change.rs.)
     let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let patched = bed.pools().patch(&pool, &pp, &Patch::Merge(json!({"spec": {"natOutgoing": true}}))).await?;
+    let patched = bed.pools().patch(&pool, &pp, &Patch::Merge(json!({"spec": {"nodeSelector": "all()"}}))).await?;
     let generation = patched.metadata.generation.context("generation")?;
     ensure!(generation == 2, "a spec change bumps the generation (got {generation})");
     bed.report(&a, &[(&pool, 2, None)]).await?;

@@ -85,6 +85,9 @@ struct RunArgs {
     /// Seconds between full resyncs (kernel events and cluster changes trigger passes in between).
     #[arg(long, env = "TRELLIS_RESYNC_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     resync_interval: u64,
+    /// Enforce NetworkPolicies and GlobalNetworkPolicies for this node's pods (`--network-policy=false` leaves policy to something else).
+    #[arg(long, env = "TRELLIS_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    network_policy: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -198,6 +201,7 @@ async fn run_in_cluster(args: RunArgs) -> anyhow::Result<ExitCode> {
         ipam_data_dir: args.ipam_data_dir,
         health_addr: args.health_addr,
         resync_interval: Duration::from_secs(args.resync_interval),
+        network_policy: args.network_policy,
     };
     k8s_agent::run(config, shutdown_signal()?).await?;
     Ok(ExitCode::SUCCESS)

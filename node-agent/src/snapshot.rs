@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use trellis_api::EncapMode;
+use trellis_api::ip_pool::{AllowedUse, DEFAULT_ALLOWED_USES};
 
-use crate::model::MacAddr;
+use crate::model::{Encapsulation, MacAddr, Phase};
 
 /// Everything the planner needs to know about the cluster, seen from one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,6 +98,46 @@ pub struct Pool {
     /// Prefix length of the pool's blocks (26 for IPv4 unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u8>,
+    /// Calico's `allowedUses`: Workload (the pool's blocks are CNI ranges), Tunnel (a node's
+    /// tunnel address may come from its block in this pool). Unset or empty: both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_uses: Option<Vec<AllowedUse>>,
+    /// A live change of this pool's encapsulation or NAT in progress (driven by the operator
+    /// through the IPPool status); the fields above are the settings being entered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<PoolTransition>,
+}
+
+impl Pool {
+    /// The effective uses: `allowed_uses`, or `[Workload, Tunnel]` when unset or empty.
+    fn uses(&self) -> &[AllowedUse] {
+        match self.allowed_uses.as_deref() {
+            None | Some([]) => &DEFAULT_ALLOWED_USES,
+            Some(uses) => uses,
+        }
+    }
+
+    /// The pool's node blocks give pods addresses (CNI ranges).
+    pub fn allows_workload(&self) -> bool {
+        self.uses().contains(&AllowedUse::Workload)
+    }
+
+    /// A node's tunnel address may be taken from its block in this pool.
+    pub fn allows_tunnel(&self) -> bool {
+        self.uses().contains(&AllowedUse::Tunnel)
+    }
+}
+
+/// The settings a pool is leaving during a live change, and the phase this node is in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolTransition {
+    /// The encapsulation being left (`None`, `VXLAN/Always`, `IPIP/CrossSubnet`, ...).
+    pub from: Encapsulation,
+    /// natOutgoing being left.
+    #[serde(default)]
+    pub from_nat_outgoing: bool,
+    pub phase: Phase,
 }
 
 /// Cluster-wide VXLAN parameters (Calico's defaults).

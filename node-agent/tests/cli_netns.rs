@@ -2,10 +2,8 @@
 //! fresh network namespace (veth uplink), checked with `ip -j`.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,50 +11,44 @@ use trellis_agent::kernel::NetlinkKernel;
 use trellis_agent::model::{Capabilities, DesiredState};
 use trellis_agent::reconcile::{self, BoxError, DesiredSource, PassReport, SystemHost};
 use trellis_agent::snapshot::Snapshot;
+use trellis_testkit::Netns;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_trellis-agent");
 
-/// A network namespace with a veth uplink `eth0` (192.168.1.1/24); deleted on drop.
-struct Netns {
-    name: String,
+/// An empty namespace for one test (loopback up; deleted on drop, also on panic).
+fn bare(tag: &str) -> Netns {
+    let ns = Netns::unique(&format!("c-{tag}")).unwrap();
+    // No IPv6 duplicate address detection on links created later: their addresses would
+    // change from "tentative" to settled at an arbitrary moment of a test.
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0").unwrap();
+    ns
 }
 
-impl Netns {
-    /// An empty namespace (loopback up).
-    fn bare(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("trc-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        // No IPv6 duplicate address detection on links created later: their addresses would
-        // change from "tentative" to settled at an arbitrary moment of a test.
-        sh(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
+/// A namespace with a veth uplink `eth0` (192.168.1.1/24), up with its carrier, so its state
+/// is settled before a test looks at it.
+fn node(tag: &str) -> Netns {
+    let ns = bare(tag);
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]).unwrap();
+    ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]).unwrap();
+    ns.ip(&["link", "set", "eth0p", "up"]).unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    eventually("the uplink's carrier is up", || {
+        ["eth0", "eth0p"].iter().all(|dev| ns.json(&["link", "show", dev])[0]["operstate"] == "UP")
+    });
+    ns
+}
 
-    /// A namespace whose uplink is up with its carrier, so its state is settled before a
-    /// test looks at it.
-    fn new(tag: &str) -> Self {
-        let ns = Self::bare(tag);
-        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
-        ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0p", "up"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        eventually("the uplink's carrier is up", || {
-            ["eth0", "eth0p"].iter().all(|dev| ns.json(&["link", "show", dev])[0]["operstate"] == "UP")
-        });
-        ns
-    }
+/// What these tests do in a namespace: read it back with iproute2 and run the agent binary.
+trait Node {
+    fn json(&self, args: &[&str]) -> Value;
+    fn fingerprint(&self) -> String;
+    fn our_routes(&self) -> Vec<String>;
+    fn agent(&self, args: &[&str]) -> Output;
+}
 
-    fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
+impl Node for Netns {
     fn json(&self, args: &[&str]) -> Value {
-        let mut full = vec!["ip", "-j", "-d", "-n", &self.name];
+        let mut full = vec!["ip", "-j", "-d", "-n", self.name()];
         full.extend_from_slice(args);
         let out = sh(&full);
         if out.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(&out).unwrap() }
@@ -65,12 +57,12 @@ impl Netns {
     /// Everything the agent could touch, rendered for before/after comparisons.
     fn fingerprint(&self) -> String {
         [
-            self.ip(&["-d", "link", "show"]),
-            self.ip(&["addr", "show"]),
-            self.ip(&["route", "show", "table", "all"]),
-            self.ip(&["neigh", "show", "nud", "permanent"]),
-            sh(&["ip", "netns", "exec", &self.name, "cat", "/proc/sys/net/ipv4/ip_forward"]),
-            sh(&["ip", "netns", "exec", &self.name, "nft", "list", "ruleset"]),
+            self.ip(&["-d", "link", "show"]).unwrap(),
+            self.ip(&["addr", "show"]).unwrap(),
+            self.ip(&["route", "show", "table", "all"]).unwrap(),
+            self.ip(&["neigh", "show", "nud", "permanent"]).unwrap(),
+            sh(&["ip", "netns", "exec", self.name(), "cat", "/proc/sys/net/ipv4/ip_forward"]),
+            sh(&["ip", "netns", "exec", self.name(), "nft", "list", "ruleset"]),
         ]
         .join("\n")
     }
@@ -89,13 +81,7 @@ impl Netns {
 
     /// `ip netns exec NS trellis-agent ARGS`.
     fn agent(&self, args: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.name, AGENT]).args(args).output().unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        Command::new("ip").args(["netns", "exec", self.name(), AGENT]).args(args).output().unwrap()
     }
 }
 
@@ -154,7 +140,7 @@ fn stdout(out: &Output) -> String {
 #[test]
 #[ignore = "root: runs the agent in a network namespace"]
 fn plan_is_read_only() {
-    let ns = Netns::new("plan");
+    let ns = node("plan");
     let (dir, file) = temp();
     let before = ns.fingerprint();
     for (ipip, vxlan) in [("Always", "Never"), ("Never", "Always")] {
@@ -191,14 +177,14 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[test]
 #[ignore = "root: runs the agent in a network namespace"]
 fn apply_loop_repairs_drift_follows_snapshot_edits_and_stops_on_sigterm() {
-    let ns = Netns::new("loop");
+    let ns = node("loop");
     let (dir, file) = temp();
     write(&file, &snapshot(dir.path(), "Never", "Always", &[2]));
     let child = Command::new("ip")
         .args([
             "netns",
             "exec",
-            &ns.name,
+            ns.name(),
             AGENT,
             "apply",
             "--snapshot",
@@ -215,9 +201,9 @@ fn apply_loop_repairs_drift_follows_snapshot_edits_and_stops_on_sigterm() {
     eventually("first pass", peer2);
 
     // Drift, repaired through netlink events (resync is an hour away).
-    ns.ip(&["route", "del", "10.244.2.0/26", "proto", "84"]);
+    ns.ip(&["route", "del", "10.244.2.0/26", "proto", "84"]).unwrap();
     eventually("route restored", peer2);
-    ns.ip(&["link", "del", "vxlan.trellis"]);
+    ns.ip(&["link", "del", "vxlan.trellis"]).unwrap();
     eventually("device restored", || {
         peer2() && !ns.json(&["link", "show", "vxlan.trellis"]).as_array().unwrap().is_empty()
     });
@@ -237,7 +223,7 @@ fn apply_loop_repairs_drift_follows_snapshot_edits_and_stops_on_sigterm() {
 #[test]
 #[ignore = "root: runs the agent in a network namespace"]
 fn apply_once_converges_and_is_idempotent() {
-    let ns = Netns::new("once");
+    let ns = node("once");
     let (dir, file) = temp();
     write(&file, &snapshot(dir.path(), "Never", "Always", &[2, 3]));
 
@@ -250,7 +236,7 @@ fn apply_once_converges_and_is_idempotent() {
         vec!["10.244.1.0/26 blackhole", "10.244.2.0/26 vxlan.trellis", "10.244.3.0/26 vxlan.trellis"]
     );
     assert_eq!(ns.json(&["link", "show", "vxlan.trellis"])[0]["mtu"], 1450);
-    let nat = sh(&["ip", "netns", "exec", &ns.name, "nft", "list", "table", "inet", "trellis"]);
+    let nat = sh(&["ip", "netns", "exec", ns.name(), "nft", "list", "table", "inet", "trellis"]);
     assert!(nat.contains("masquerade"), "{nat}");
     assert!(dir.path().join("net.d/10-trellis.conflist").exists());
 
@@ -274,23 +260,16 @@ fn pass_with_capabilities(ns: &Netns, snapshot: &Path, caps: Capabilities) -> Pa
             Ok(reconcile::desired_from_snapshot(kernel, snapshot, self.1).await?)
         }
     }
-    let (netns, snapshot) = (format!("/run/netns/{}", ns.name), snapshot.to_path_buf());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            let kernel = NetlinkKernel::new().unwrap();
-            reconcile::pass(&kernel, &mut Fixed(snapshot, caps), &SystemHost).await.unwrap()
-        })
+    ns.block_on(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        reconcile::pass(&kernel, &mut Fixed(snapshot.to_path_buf(), caps), &SystemHost).await.unwrap()
     })
-    .join()
-    .unwrap()
 }
 
 /// Whether this kernel can make IPIP devices, asked independently of the agent.
 fn kernel_has_ipip(ns: &Netns) -> bool {
-    let probe = Command::new("ip").args(["-n", &ns.name, "link", "add", "p", "type", "ipip"]).output().unwrap();
-    let _ = Command::new("ip").args(["-n", &ns.name, "link", "del", "p"]).output();
+    let probe = Command::new("ip").args(["-n", ns.name(), "link", "add", "p", "type", "ipip"]).output().unwrap();
+    let _ = Command::new("ip").args(["-n", ns.name(), "link", "del", "p"]).output();
     probe.status.success() || String::from_utf8_lossy(&probe.stderr).contains("File exists")
 }
 
@@ -302,11 +281,12 @@ fn kernel_has_ipip(ns: &Netns) -> bool {
 #[test]
 #[ignore = "root: runs the agent in a network namespace"]
 fn ipip_pool_without_ipip_support_is_reported_not_fatal() {
-    let ns = Netns::new("noipip");
+    let ns = node("noipip");
     let (dir, file) = temp();
     write(&file, &snapshot(dir.path(), "Always", "Never", &[2]));
-    let tunl0 =
-        || ns.ip(&["-d", "link", "show"]).lines().filter(|l| l.contains("tunl0")).collect::<Vec<_>>().join("\n");
+    let tunl0 = || {
+        ns.ip(&["-d", "link", "show"]).unwrap().lines().filter(|l| l.contains("tunl0")).collect::<Vec<_>>().join("\n")
+    };
     let tunl0_before = tunl0();
 
     let report = pass_with_capabilities(&ns, &file, Capabilities { ipip: false, vxlan: true });
@@ -316,7 +296,7 @@ fn ipip_pool_without_ipip_support_is_reported_not_fatal() {
     assert!(error.contains("ipip") && error.contains("not programmed"), "{errors:?}");
     assert_eq!(ns.our_routes(), vec!["10.244.1.0/26 blackhole"], "only the blackhole, nothing via tunl0");
     assert_eq!(tunl0(), tunl0_before, "tunl0 untouched");
-    let nat = sh(&["ip", "netns", "exec", &ns.name, "nft", "list", "table", "inet", "trellis"]);
+    let nat = sh(&["ip", "netns", "exec", ns.name(), "nft", "list", "table", "inet", "trellis"]);
     assert!(nat.contains("10.244.0.0/16") && nat.contains("masquerade"), "{nat}");
     assert!(dir.path().join("net.d/10-trellis.conflist").exists(), "local pods still get addresses");
 
@@ -334,12 +314,12 @@ fn ipip_pool_without_ipip_support_is_reported_not_fatal() {
 #[test]
 #[ignore = "root: runs the agent in network namespaces, real packets"]
 fn two_nodes_programmed_by_the_agent_reach_each_other_over_vxlan() {
-    let a = Netns::bare("nodea");
-    let b = Netns::bare("nodeb");
-    sh(&["ip", "link", "add", "eth0", "netns", &a.name, "type", "veth", "peer", "name", "eth0", "netns", &b.name]);
+    let a = bare("nodea");
+    let b = bare("nodeb");
+    sh(&["ip", "link", "add", "eth0", "netns", a.name(), "type", "veth", "peer", "name", "eth0", "netns", b.name()]);
     for (ns, n) in [(&a, 1), (&b, 2)] {
-        ns.ip(&["addr", "add", &format!("192.168.1.{n}/24"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["addr", "add", &format!("192.168.1.{n}/24"), "dev", "eth0"]).unwrap();
+        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     }
     let (dir, _) = temp();
     for (ns, me, peer) in [(&a, 1u8, 2u8), (&b, 2, 1)] {
@@ -353,7 +333,7 @@ fn two_nodes_programmed_by_the_agent_reach_each_other_over_vxlan() {
     }
     // Tunnel address to tunnel address: encapsulated by A, decapsulated and answered by B.
     let ping = Command::new("ip")
-        .args(["netns", "exec", &a.name, "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.244.2.0"])
+        .args(["netns", "exec", a.name(), "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.244.2.0"])
         .output()
         .unwrap();
     assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));

@@ -1,16 +1,14 @@
 //! Root tests of the kernel layer against real netlink in fresh network namespaces.
 //!
-//! Each test gets its own namespace (RAII: deleted on drop, also on panic) with a veth pair as
-//! the uplink, runs its body on a thread that `setns()`-es into it (the agent's netlink socket
-//! binds to the creating thread's namespace) with a current-thread tokio runtime, and checks the
-//! outcome with `ip -j` / `bridge -j`, independently of the agent's own reader.
+//! Each test gets its own namespace ([`trellis_testkit::Netns`]: deleted on drop, also on panic)
+//! with a veth pair as the uplink, runs its body on a thread that `setns()`-es into it (the
+//! agent's netlink socket binds to the creating thread's namespace) with a current-thread tokio
+//! runtime ([`Netns::block_on`]), and checks the outcome with `ip -j` / `bridge -j`,
+//! independently of the agent's own reader.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -20,46 +18,45 @@ use trellis_agent::kernel::netlink::{self, NetlinkKernel};
 use trellis_agent::kernel::{Kernel, apply};
 use trellis_agent::model::{Change, DesiredState, FdbEntry, MacAddr, Neighbour, Route, RouteKind, VxlanTunnel};
 use trellis_agent::reconcile::{self, BoxError, DesiredSource, Host, LoopOptions, Trigger};
+use trellis_testkit::Netns;
 
 const VX: &str = "vxlan.trellis";
 
-/// A network namespace that exists as long as this value does.
-struct Netns {
-    name: String,
+/// A fresh namespace for one test (deleted on drop, also on panic) with its uplink: a veth
+/// pair (this host has no dummy module), node address 192.168.1.1/24.
+fn node(tag: &str) -> Netns {
+    let ns = Netns::unique(&format!("k-{tag}")).unwrap();
+    for args in [
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"][..],
+        &["addr", "add", "192.168.1.1/24", "dev", "eth0"],
+        &["link", "set", "eth0p", "up"],
+        &["link", "set", "eth0", "up"],
+    ] {
+        ns.ip(args).unwrap();
+    }
+    ns
 }
 
-impl Netns {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("trk-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        sh("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        // Uplink: a veth pair (this host has no dummy module), node address 192.168.1.1/24.
-        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
-        ns.ip(&["addr", "add", "192.168.1.1/24", "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0p", "up"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
+/// How these tests read a namespace back: with iproute2, independently of the agent's reader.
+trait Observe {
+    fn ip_json(&self, args: &[&str]) -> Value;
+    fn fdb(&self) -> Vec<(String, String)>;
+    fn our_routes(&self) -> Vec<String>;
+    fn neighbours(&self) -> Vec<(String, String)>;
+    fn links(&self) -> Vec<String>;
+}
 
-    /// `ip -n NS args...`, must succeed; returns stdout.
-    fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", &self.name];
-        full.extend_from_slice(args);
-        sh("ip", &full)
-    }
-
+impl Observe for Netns {
     /// `ip -j -d -n NS args...` parsed.
     fn ip_json(&self, args: &[&str]) -> Value {
-        let mut full = vec!["-j", "-d", "-n", &self.name];
+        let mut full = vec!["-j", "-d", "-n", self.name()];
         full.extend_from_slice(args);
         parse_json(&sh("ip", &full))
     }
 
     /// `bridge -j fdb show dev VX` in the namespace, as (mac, dst) pairs of permanent entries.
     fn fdb(&self) -> Vec<(String, String)> {
-        let v = parse_json(&sh("ip", &["netns", "exec", &self.name, "bridge", "-j", "fdb", "show", "dev", VX]));
+        let v = parse_json(&sh("ip", &["netns", "exec", self.name(), "bridge", "-j", "fdb", "show", "dev", VX]));
         let mut fdb: Vec<(String, String)> = v
             .as_array()
             .unwrap()
@@ -114,29 +111,6 @@ impl Netns {
             .iter()
             .map(|l| l["ifname"].as_str().unwrap().to_string())
             .collect()
-    }
-
-    /// Runs `body` on a thread inside this namespace with a current-thread runtime.
-    fn run<F, Fut, T>(&self, body: F) -> T
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = T>,
-        T: Send + 'static,
-    {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(body())
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -199,10 +173,10 @@ async fn converge(kernel: &NetlinkKernel, d: &DesiredState) -> Vec<Change> {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn vxlan_state_applies_exactly_and_idempotently() {
-    let ns = Netns::new("apply");
+    let ns = node("apply");
     let d = desired(4096, TWO_PEERS);
     let dd = d.clone();
-    let (first, read_back, second) = ns.run(move || async move {
+    let (first, read_back, second) = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let first = converge(&kernel, &dd).await;
         let read_back = kernel.read(VX).await.unwrap();
@@ -255,19 +229,19 @@ fn vxlan_state_applies_exactly_and_idempotently() {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn changed_and_removed_peers_touch_only_themselves() {
-    let ns = Netns::new("peers");
-    ns.run(|| async {
+    let ns = node("peers");
+    ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &desired(4096, TWO_PEERS)).await;
     });
     // Not ours: routes without our protocol, one of them inside the pod range.
-    ns.ip(&["route", "add", "10.99.0.0/24", "via", "192.168.1.254", "dev", "eth0"]);
-    ns.ip(&["route", "add", "10.244.9.0/26", "via", "192.168.1.254", "dev", "eth0", "proto", "static"]);
-    let foreign_before = ns.ip(&["route", "show", "10.99.0.0/24"]);
+    ns.ip(&["route", "add", "10.99.0.0/24", "via", "192.168.1.254", "dev", "eth0"]).unwrap();
+    ns.ip(&["route", "add", "10.244.9.0/26", "via", "192.168.1.254", "dev", "eth0", "proto", "static"]).unwrap();
+    let foreign_before = ns.ip(&["route", "show", "10.99.0.0/24"]).unwrap();
 
     // Peer 3 gets a new MAC and a new block.
     let changed = desired(4096, &[(2, 0, "10.244.2.0/26"), (3, 9, "10.244.3.64/26")]);
-    let changes = ns.run(move || async move {
+    let changes = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &changed).await
     });
@@ -284,7 +258,7 @@ fn changed_and_removed_peers_touch_only_themselves() {
 
     // Peer 2 leaves.
     let removed = desired(4096, &[(3, 9, "10.244.3.64/26")]);
-    let (changes, rest) = ns.run(move || async move {
+    let (changes, rest) = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let changes = converge(&kernel, &removed).await;
         (changes, diff(&kernel.read(VX).await.unwrap(), &removed))
@@ -305,16 +279,16 @@ fn changed_and_removed_peers_touch_only_themselves() {
     assert_eq!(ns.neighbours(), vec![("10.244.3.0".into(), "02:00:00:00:09:03".into())]);
     assert_eq!(ns.fdb(), vec![("02:00:00:00:09:03".into(), "192.168.1.3".into())]);
     // Foreign routes survive.
-    assert_eq!(ns.ip(&["route", "show", "10.99.0.0/24"]), foreign_before);
-    assert!(ns.ip(&["route", "show", "10.244.9.0/26"]).contains("via 192.168.1.254"));
+    assert_eq!(ns.ip(&["route", "show", "10.99.0.0/24"]).unwrap(), foreign_before);
+    assert!(ns.ip(&["route", "show", "10.244.9.0/26"]).unwrap().contains("via 192.168.1.254"));
 }
 
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn vni_change_recreates_the_device_and_its_peers() {
-    let ns = Netns::new("vni");
+    let ns = node("vni");
     let d = desired(4097, TWO_PEERS);
-    let (changes, rest) = ns.run(move || async move {
+    let (changes, rest) = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &desired(4096, TWO_PEERS)).await;
         let changes = converge(&kernel, &d).await;
@@ -332,17 +306,17 @@ fn vni_change_recreates_the_device_and_its_peers() {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn mtu_and_mac_change_in_place() {
-    let ns = Netns::new("mtu");
+    let ns = node("mtu");
     let mut d = desired(4096, TWO_PEERS);
     let t = d.vxlan.as_mut().unwrap();
     t.mtu = 1400;
     t.mac = mac(1, 7);
-    ns.run(|| async {
+    ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &desired(4096, TWO_PEERS)).await;
     });
     let before = ns.ip_json(&["link", "show", VX])[0]["ifindex"].clone();
-    let changes = ns.run(move || async move {
+    let changes = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &d).await
     });
@@ -358,8 +332,8 @@ fn mtu_and_mac_change_in_place() {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn refused_route_rolls_back_the_new_peers_neighbour_and_fdb() {
-    let ns = Netns::new("rollback");
-    let report = ns.run(|| async {
+    let ns = node("rollback");
+    let report = ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &desired(4096, &[])).await;
         // Peer 4's route is not onlink and its gateway is on no subnet: the kernel refuses it.
@@ -386,18 +360,18 @@ fn refused_route_rolls_back_the_new_peers_neighbour_and_fdb() {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn rollback_keeps_the_neighbour_and_fdb_an_existing_route_still_uses() {
-    let ns = Netns::new("rollback-keep");
-    ns.run(|| async {
+    let ns = node("rollback-keep");
+    ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &desired(4096, TWO_PEERS)).await;
     });
     // Peer 2's neighbour and FDB entry vanish (drift); its block route stays.
-    ns.ip(&["neigh", "del", "10.244.2.0", "dev", VX]);
+    ns.ip(&["neigh", "del", "10.244.2.0", "dev", VX]).unwrap();
     sh(
         "ip",
-        &["netns", "exec", &ns.name, "bridge", "fdb", "del", "02:00:00:00:00:02", "dev", VX, "dst", "192.168.1.2"],
+        &["netns", "exec", ns.name(), "bridge", "fdb", "del", "02:00:00:00:00:02", "dev", VX, "dst", "192.168.1.2"],
     );
-    let report = ns.run(|| async {
+    let report = ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         // Peer 2 gets a second block whose route the kernel refuses (not onlink, gateway on no
         // subnet); the pass restores its neighbour and FDB entry for the first block too.
@@ -432,17 +406,17 @@ fn rollback_keeps_the_neighbour_and_fdb_an_existing_route_still_uses() {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn capabilities_match_what_the_kernel_can_create() {
-    let ns = Netns::new("caps");
+    let ns = node("caps");
     // Independent check: can iproute2 create an ipip device here? ("File exists" = the fallback
     // tunl0 is there, i.e. yes.)
-    let probe = Command::new("ip").args(["-n", &ns.name, "link", "add", "ipprobe", "type", "ipip"]).output().unwrap();
+    let probe = Command::new("ip").args(["-n", ns.name(), "link", "add", "ipprobe", "type", "ipip"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&probe.stderr).to_string();
     let ipip_expected = probe.status.success() || stderr.contains("File exists");
     if probe.status.success() {
-        ns.ip(&["link", "del", "ipprobe"]);
+        ns.ip(&["link", "del", "ipprobe"]).unwrap();
     }
     let links_before = ns.links();
-    let (caps, ensure) = ns.run(|| async {
+    let (caps, ensure) = ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         let caps = kernel.capabilities().await;
         let ensure = kernel.apply_one(&Change::EnsureTunl0).await.map_err(|e| e.to_string());
@@ -460,18 +434,18 @@ fn capabilities_match_what_the_kernel_can_create() {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn sysctls_are_per_namespace() {
-    let ns = Netns::new("sysctl");
+    let ns = node("sysctl");
     let host_value = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim().to_string();
     // The namespace starts with the opposite of the host's value (a new namespace inherits the
     // host's IPv4 settings, devconf_inherit_init_net=0, so it is set here, never assumed): then
     // reading the host instead would show, and so would writing it.
     let other = if host_value == "1" { "0" } else { "1" };
-    ns.ip(&["link", "add", VX, "type", "vxlan", "id", "5", "dstport", "4789"]);
-    let set = |kv: &str| sh("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", kv]);
+    ns.ip(&["link", "add", VX, "type", "vxlan", "id", "5", "dstport", "4789"]).unwrap();
+    let set = |kv: &str| sh("ip", &["netns", "exec", ns.name(), "sysctl", "-qw", kv]);
     set(&format!("net.ipv4.ip_forward={other}"));
     set("net.ipv4.conf.vxlan/trellis.rp_filter=0");
     let (host, other_owned) = (host_value.clone(), other.to_string());
-    let (before, to_host, again, back, per_device) = ns.run(move || async move {
+    let (before, to_host, again, back, per_device) = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let before = kernel.sysctl_get("net.ipv4.ip_forward").unwrap();
         let to_host = kernel.sysctl_set("net.ipv4.ip_forward", &host).unwrap();
@@ -483,7 +457,7 @@ fn sysctls_are_per_namespace() {
     });
     assert_eq!(before, other, "the agent reads the namespace's value, not the host's ({host_value})");
     assert!(to_host && !again && back, "each change reported once: {to_host} {again} {back}");
-    let cat = |path: &str| sh("ip", &["netns", "exec", &ns.name, "cat", path]).trim().to_string();
+    let cat = |path: &str| sh("ip", &["netns", "exec", ns.name(), "cat", path]).trim().to_string();
     assert_eq!(cat("/proc/sys/net/ipv4/ip_forward"), other);
     assert!(per_device);
     assert_eq!(cat("/proc/sys/net/ipv4/conf/vxlan.trellis/rp_filter"), "2");
@@ -525,9 +499,9 @@ type Passes = Vec<(Trigger, BTreeMap<&'static str, usize>)>;
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn reconcile_loop_repairs_out_of_band_deletions_on_kernel_events() {
-    let ns = Netns::new("drift");
-    let name = ns.name.clone();
-    let passes: Passes = ns.run(move || async move {
+    let ns = node("drift");
+    let name = ns.name().to_string();
+    let passes: Passes = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let events = netlink::subscribe().unwrap();
         let mut source = Fixed(desired(4096, TWO_PEERS));
@@ -582,7 +556,7 @@ fn reconcile_loop_repairs_out_of_band_deletions_on_kernel_events() {
 #[ignore = "vm: needs the ipip module (full-kernel VM)"]
 fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
     use trellis_agent::model::{IPIP_DEVICE, IpipTunnel};
-    let ns = Netns::new("ipip");
+    let ns = node("ipip");
     let mut d = DesiredState {
         mtu: 1480,
         ipip: Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.0".parse().unwrap()) }),
@@ -598,7 +572,7 @@ fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
             kind: RouteKind::Unicast { gateway: "192.168.1.2".parse().unwrap(), dev: IPIP_DEVICE.into(), onlink: true },
         },
     );
-    let (caps, rest) = ns.run(move || async move {
+    let (caps, rest) = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let caps = kernel.capabilities().await;
         converge(&kernel, &d).await;
@@ -609,7 +583,9 @@ fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
     let link = &ns.ip_json(&["link", "show", IPIP_DEVICE])[0];
     assert_eq!(link["mtu"], 1480);
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
-    assert!(ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("inet 10.244.1.0/32 scope global tunl0:trellis"));
+    assert!(
+        ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).unwrap().contains("inet 10.244.1.0/32 scope global tunl0:trellis")
+    );
     assert_eq!(link["ifalias"], "trellis", "adopted tunl0 carries the owner mark");
     assert_eq!(
         ns.our_routes(),
@@ -617,20 +593,20 @@ fn vm_ipip_adopts_tunl0_and_only_downs_it_on_removal() {
     );
 
     // Removal: tunl0 stays (the kernel's fallback device cannot be deleted), down, without our address.
-    ns.run(|| async {
+    ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &DesiredState::default()).await;
     });
     let link = &ns.ip_json(&["link", "show", IPIP_DEVICE])[0];
     assert!(!link["flags"].as_array().unwrap().iter().any(|f| f == "UP"), "{link}");
-    assert!(!ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).contains("10.244.1.0"));
+    assert!(!ns.ip(&["addr", "show", "dev", IPIP_DEVICE]).unwrap().contains("10.244.1.0"));
     assert!(ns.our_routes().is_empty());
 }
 
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn ipv6_pod_network_over_vxlan_reads_back_exactly() {
-    let ns = Netns::new("v6");
+    let ns = node("v6");
     // Dual stack: IPv4 peers as usual plus an IPv6 pool, tunnelled over the IPv4 underlay.
     let mut d = desired(4096, TWO_PEERS);
     let own6: IpNet = "fd00:10:244:1::/122".parse().unwrap();
@@ -642,7 +618,7 @@ fn ipv6_pod_network_over_vxlan_reads_back_exactly() {
     d.routes
         .insert(peer6, Route { dst: peer6, kind: RouteKind::Unicast { gateway: gw6, dev: VX.into(), onlink: true } });
     let dd = d.clone();
-    let (rest, read_back) = ns.run(move || async move {
+    let (rest, read_back) = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &dd).await;
         let read_back = kernel.read(VX).await.unwrap();
@@ -651,29 +627,29 @@ fn ipv6_pod_network_over_vxlan_reads_back_exactly() {
     assert!(rest.is_empty(), "{rest:#?}");
     assert_eq!(read_back.routes, d.routes);
     assert_eq!(read_back.neighbours, d.neighbours);
-    let routes6 = ns.ip(&["-6", "route", "show", "proto", "84"]);
+    let routes6 = ns.ip(&["-6", "route", "show", "proto", "84"]).unwrap();
     assert!(routes6.contains("fd00:10:244:2::/122 via fd00:10:244:2:: dev vxlan.trellis"), "{routes6}");
     assert!(routes6.contains("blackhole fd00:10:244:1::/122"), "{routes6}");
-    let neigh6 = ns.ip(&["-6", "neigh", "show", "dev", VX, "nud", "permanent"]);
+    let neigh6 = ns.ip(&["-6", "neigh", "show", "dev", VX, "nud", "permanent"]).unwrap();
     assert!(neigh6.contains("fd00:10:244:2:: lladdr 02:00:00:00:00:02"), "{neigh6}");
 
     // Removing the IPv6 pool removes exactly its route, neighbour and blackhole.
     let v4_only = desired(4096, TWO_PEERS);
-    let changes = ns.run(move || async move {
+    let changes = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &v4_only).await
     });
     let kinds: Vec<&str> = changes.iter().map(Change::kind).collect();
     assert_eq!(kinds, ["route-", "route-", "neighbour-"], "{changes:#?}");
-    assert!(ns.ip(&["-6", "route", "show", "proto", "84"]).trim().is_empty());
+    assert!(ns.ip(&["-6", "route", "show", "proto", "84"]).unwrap().trim().is_empty());
     assert_eq!(ns.our_routes().len(), 3);
 }
 
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn renamed_vxlan_device_replaces_the_old_one_and_foreign_devices_survive() {
-    let ns = Netns::new("rename");
-    ns.ip(&["link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "8472", "dev", "eth0"]);
+    let ns = node("rename");
+    ns.ip(&["link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "8472", "dev", "eth0"]).unwrap();
     let mut renamed = desired(4096, TWO_PEERS);
     let rename = |dev: &mut String| *dev = "vx.renamed".into();
     rename(&mut renamed.vxlan.as_mut().unwrap().name);
@@ -684,14 +660,14 @@ fn renamed_vxlan_device_replaces_the_old_one_and_foreign_devices_survive() {
             rename(dev);
         }
     }
-    ns.run(|| async {
+    ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &desired(4096, TWO_PEERS)).await;
     });
     assert_eq!(ns.ip_json(&["link", "show", VX])[0]["ifalias"], "trellis", "our device carries the owner mark");
     // A restarted agent (new kernel handle) with the new name.
     let r = renamed.clone();
-    let (changes, rest) = ns.run(move || async move {
+    let (changes, rest) = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let changes = converge(&kernel, &r).await;
         (changes, diff(&kernel.read("vx.renamed").await.unwrap(), &r))
@@ -733,8 +709,8 @@ fn proto_84_everywhere(ns: &Netns) -> Vec<String> {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn stray_proto_84_routes_of_every_shape_and_table_are_swept() {
-    let ns = Netns::new("sweep");
-    ns.run(|| async {
+    let ns = node("sweep");
+    ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &desired(4096, TWO_PEERS)).await;
     });
@@ -768,16 +744,17 @@ fn stray_proto_84_routes_of_every_shape_and_table_are_swept() {
         &["-6", "route", "add", "fd00:98::/64", "dev", "eth0", "table", "200", "proto", "84"],
     ];
     for args in strays {
-        ns.ip(args);
+        ns.ip(args).unwrap();
     }
     // Not ours: same shapes without our protocol.
-    ns.ip(&["route", "add", "unreachable", "10.60.0.0/24"]);
-    ns.ip(&["route", "add", "10.61.0.0/24", "via", "192.168.1.2", "dev", "eth0", "table", "100", "proto", "static"]);
-    ns.ip(&["-6", "route", "add", "unreachable", "fd00:97::/64", "proto", "static"]);
+    ns.ip(&["route", "add", "unreachable", "10.60.0.0/24"]).unwrap();
+    ns.ip(&["route", "add", "10.61.0.0/24", "via", "192.168.1.2", "dev", "eth0", "table", "100", "proto", "static"])
+        .unwrap();
+    ns.ip(&["-6", "route", "add", "unreachable", "fd00:97::/64", "proto", "static"]).unwrap();
     assert_eq!(proto_84_everywhere(&ns).len(), 3 + strays.len());
 
     let d = desired(4096, TWO_PEERS);
-    let (changes, rest) = ns.run(move || async move {
+    let (changes, rest) = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let changes = converge(&kernel, &d).await;
         (changes, diff(&kernel.read(VX).await.unwrap(), &d))
@@ -797,19 +774,19 @@ fn stray_proto_84_routes_of_every_shape_and_table_are_swept() {
             "10.244.3.0/26|10.244.3.0|vxlan.trellis|true|unicast",
         ]
     );
-    assert!(ns.ip(&["route", "show", "10.60.0.0/24"]).contains("unreachable"));
-    assert!(ns.ip(&["route", "show", "table", "100"]).contains("10.61.0.0/24 via 192.168.1.2"));
-    assert!(ns.ip(&["-6", "route", "show", "fd00:97::/64"]).contains("unreachable"));
+    assert!(ns.ip(&["route", "show", "10.60.0.0/24"]).unwrap().contains("unreachable"));
+    assert!(ns.ip(&["route", "show", "table", "100"]).unwrap().contains("10.61.0.0/24 via 192.168.1.2"));
+    assert!(ns.ip(&["-6", "route", "show", "fd00:97::/64"]).unwrap().contains("unreachable"));
 }
 
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn a_foreign_route_to_a_desired_destination_is_reported_not_taken_over() {
-    let ns = Netns::new("foreign");
+    let ns = node("foreign");
     // Somebody else's route to what will be peer 3's block, and to peer 2's (different metric).
-    ns.ip(&["route", "add", "10.244.3.0/26", "via", "192.168.1.254", "dev", "eth0", "proto", "static"]);
-    ns.ip(&["route", "add", "10.244.2.0/26", "via", "192.168.1.253", "dev", "eth0", "metric", "100"]);
-    let report = ns.run(|| async {
+    ns.ip(&["route", "add", "10.244.3.0/26", "via", "192.168.1.254", "dev", "eth0", "proto", "static"]).unwrap();
+    ns.ip(&["route", "add", "10.244.2.0/26", "via", "192.168.1.253", "dev", "eth0", "metric", "100"]).unwrap();
+    let report = ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         let mut source = Fixed(desired(4096, TWO_PEERS));
         reconcile::pass(&kernel, &mut source, &NoHost).await.unwrap()
@@ -822,11 +799,11 @@ fn a_foreign_route_to_a_desired_destination_is_reported_not_taken_over() {
     assert!(failed.iter().all(|f| f.contains("does not take it over")), "{failed:#?}");
     // The foreign routes are as they were; ours (the blackhole) went in.
     assert_eq!(
-        ns.ip(&["route", "show", "10.244.3.0/26"]).trim(),
+        ns.ip(&["route", "show", "10.244.3.0/26"]).unwrap().trim(),
         "10.244.3.0/26 via 192.168.1.254 dev eth0 proto static"
     );
     assert_eq!(
-        ns.ip(&["route", "show", "10.244.2.0/26"]).trim(),
+        ns.ip(&["route", "show", "10.244.2.0/26"]).unwrap().trim(),
         "10.244.2.0/26 via 192.168.1.253 dev eth0 metric 100"
     );
     assert_eq!(ns.our_routes(), vec!["10.244.1.0/26|||false|blackhole"]);
@@ -839,19 +816,19 @@ fn a_foreign_route_to_a_desired_destination_is_reported_not_taken_over() {
 #[ignore = "vm: needs the ipip module (full-kernel VM)"]
 fn vm_foreign_tunl0_state_and_addresses_are_left_alone() {
     use trellis_agent::model::{IPIP_DEVICE, IpipTunnel};
-    let ns = Netns::new("tunl0own");
+    let ns = node("tunl0own");
     // Loading the module gives every namespace its tunl0.
     sh("modprobe", &["ipip"]);
     // Somebody else uses tunl0: up, with their address.
-    ns.ip(&["addr", "add", "10.99.0.1/32", "dev", IPIP_DEVICE]);
-    ns.ip(&["link", "set", IPIP_DEVICE, "up"]);
+    ns.ip(&["addr", "add", "10.99.0.1/32", "dev", IPIP_DEVICE]).unwrap();
+    ns.ip(&["link", "set", IPIP_DEVICE, "up"]).unwrap();
     let tunl0_up = |ns: &Netns| {
         ns.ip_json(&["link", "show", IPIP_DEVICE])[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP")
     };
-    let addresses = |ns: &Netns| ns.ip(&["-4", "addr", "show", "dev", IPIP_DEVICE]);
+    let addresses = |ns: &Netns| ns.ip(&["-4", "addr", "show", "dev", IPIP_DEVICE]).unwrap();
 
     // No IPIP pool: nothing on tunl0 is touched.
-    let changes = ns.run(|| async {
+    let changes = ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &DesiredState::default()).await
     });
@@ -865,7 +842,7 @@ fn vm_foreign_tunl0_state_and_addresses_are_left_alone() {
         ipip: Some(IpipTunnel { mtu: 1480, address: Some("10.244.1.0".parse().unwrap()) }),
         ..Default::default()
     };
-    ns.run(move || async move {
+    ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &d).await;
     });
@@ -877,7 +854,7 @@ fn vm_foreign_tunl0_state_and_addresses_are_left_alone() {
     );
 
     // The pool goes: exactly our address and our mark go, and the adopted device is set down.
-    ns.run(|| async {
+    ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
         converge(&kernel, &DesiredState::default()).await;
     });
@@ -890,9 +867,9 @@ fn vm_foreign_tunl0_state_and_addresses_are_left_alone() {
 #[test]
 #[ignore = "root: netlink in network namespaces"]
 fn reconcile_loop_repairs_neighbour_fdb_address_and_nft_drift_on_events() {
-    let ns = Netns::new("drift2");
-    let name = ns.name.clone();
-    let passes: Passes = ns.run(move || async move {
+    let ns = node("drift2");
+    let name = ns.name().to_string();
+    let passes: Passes = ns.block_on(move || async move {
         let kernel = NetlinkKernel::new().unwrap();
         let events = netlink::subscribe().unwrap();
         let mut d = desired(4096, TWO_PEERS);

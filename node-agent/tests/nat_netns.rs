@@ -1,54 +1,39 @@
 //! NAT-outgoing against the real nftables of a throw-away network namespace.
 //!
-//! Each test makes its own namespace (removed on drop, also when the test fails) and runs
-//! `nat::sync` on a thread that has `setns()`-ed into it: the `nft` processes it starts inherit
-//! that thread's namespace, so the host's ruleset is never touched. Assertions read the
+//! Each test makes its own namespace ([`trellis_testkit::Netns`]: removed on drop, also when the
+//! test fails) and runs `nat::sync` on a thread that has `setns()`-ed into it: the `nft`
+//! processes it starts inherit that thread's namespace, so the host's ruleset is never touched. Assertions read the
 //! namespace back with the `nft` CLI, independently of the code under test.
-
-use std::os::fd::AsFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipnet::IpNet;
 use serde_json::Value;
 use trellis_agent::model::NatPlan;
 use trellis_agent::nat::{self, TABLE};
+use trellis_testkit::Netns;
 
-/// A network namespace that exists as long as this value does.
-struct Netns {
-    name: String,
+/// A fresh namespace for one test (deleted on drop, also when the test fails).
+fn namespace(tag: &str) -> Netns {
+    Netns::unique(&format!("nat-{tag}")).unwrap()
 }
 
-impl Netns {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("trnat-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        sh(&["ip", "netns", "add", &name]);
-        Netns { name }
-    }
+/// What these tests do in a namespace: sync the table, and read nftables back with `nft`.
+trait Nft {
+    fn sync(&self, plan: &NatPlan) -> bool;
+    fn nft(&self, args: &[&str]) -> String;
+    fn tables(&self) -> Vec<(String, String)>;
+    fn has_trellis(&self) -> bool;
+    fn trellis(&self) -> Vec<Value>;
+}
 
-    /// Runs `body` on a thread inside this namespace.
-    fn run<T: Send + 'static>(&self, body: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            body()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-
+impl Nft for Netns {
+    /// `nat::sync` on a thread inside the namespace (the `nft` it runs inherits it).
     fn sync(&self, plan: &NatPlan) -> bool {
-        let plan = plan.clone();
-        self.run(move || nat::sync(&plan).unwrap())
+        self.run(|| nat::sync(plan).unwrap())
     }
 
     /// `nft ARGS` inside the namespace; must succeed.
     fn nft(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name, "nft"];
-        full.extend_from_slice(args);
-        sh(&full)
+        self.exec("nft", args).unwrap()
     }
 
     fn tables(&self) -> Vec<(String, String)> {
@@ -71,18 +56,6 @@ impl Netns {
         let v: Value = serde_json::from_str(&self.nft(&["-j", "list", "table", "inet", TABLE])).unwrap();
         v["nftables"].as_array().unwrap().iter().filter(|o| o.get("metainfo").is_none()).cloned().collect()
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
@@ -117,7 +90,7 @@ fn elements(table: &[Value], set: &str) -> Vec<String> {
 #[test]
 #[ignore = "root: nftables in a netns"]
 fn sync_installs_replaces_and_removes_only_its_table() {
-    let ns = Netns::new("life");
+    let ns = namespace("life");
     // A foreign table that must survive everything.
     ns.nft(&["add", "table", "ip", "foreign"]);
     ns.nft(&["add", "chain", "ip", "foreign", "c", "{ type filter hook output priority 0; }"]);
@@ -176,7 +149,7 @@ fn sync_installs_replaces_and_removes_only_its_table() {
 #[test]
 #[ignore = "root: nftables in a netns"]
 fn plan_without_nat_never_creates_the_table() {
-    let ns = Netns::new("none");
+    let ns = namespace("none");
     let no_nat = NatPlan { nat_sources: vec![], all_pools: nets(&["10.244.0.0/16"]) };
     assert!(!ns.sync(&no_nat));
     assert!(!ns.has_trellis());
@@ -185,7 +158,7 @@ fn plan_without_nat_never_creates_the_table() {
 #[test]
 #[ignore = "root: nftables in a netns"]
 fn overlapping_pools_load_into_interval_sets() {
-    let ns = Netns::new("overlap");
+    let ns = namespace("overlap");
     let p = NatPlan {
         nat_sources: nets(&["10.244.0.0/16", "10.244.3.0/24", "10.0.0.1/32"]),
         all_pools: nets(&["10.244.0.0/16", "10.244.3.0/24", "10.0.0.1/32", "10.246.0.0/24", "10.246.1.0/25"]),

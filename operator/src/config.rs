@@ -56,6 +56,12 @@ pub struct Config {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub health_addr: SocketAddr,
+
+    /// Seconds a phase of a live encapsulation/NAT change waits for every node to report it
+    /// before the pool's LiveChangeStalled condition names the missing nodes (the change stays
+    /// paused until they report or are deleted).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub live_change_timeout: u64,
 }
 
 impl Config {
@@ -87,6 +93,7 @@ mod tests {
         assert_eq!(c.lease_name, "trellis-operator");
         assert_eq!(c.lease_duration, 15);
         assert_eq!(c.health_addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.live_change_timeout, 60);
     }
 
     #[test]
@@ -118,6 +125,7 @@ mod tests {
             "--lease-duration",
             "--identity",
             "--health-addr",
+            "--live-change-timeout",
         ] {
             assert!(help.contains(option), "{option} missing from --help:\n{help}");
         }

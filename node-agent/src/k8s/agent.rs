@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub ipam_data_dir: PathBuf,
     pub health_addr: SocketAddr,
     pub resync_interval: Duration,
+    /// Run the network-policy loop ([`crate::policy::enforcer`]).
+    pub network_policy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,11 +165,19 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         }
     };
     let cluster_loop = cluster.follow(cluster_rx, events_tx, cluster_changed, config.resync_interval);
-    let status_loop = report_status(Api::all(client), config.node_name.clone(), stores, outcome_rx, metrics);
+    let status_loop = report_status(Api::all(client.clone()), config.node_name.clone(), stores, outcome_rx, metrics);
+    let policy_loop = async {
+        if config.network_policy {
+            crate::policy::enforcer::run(client, config.node_name.clone(), config.resync_interval).await
+        } else {
+            std::future::pending().await
+        }
+    };
     tokio::select! {
         () = reconcile::run(&kernel, &mut source, &SystemHost, options, Some(events_rx), shutdown, on_pass) => {}
         () = cluster_loop => {}
         () = status_loop => {}
+        () = policy_loop => {}
     }
     Ok(())
 }
@@ -309,7 +319,8 @@ impl ClusterSide {
         // What the passes have probed so far (a kind no pool needed reads as unsupported until
         // one does); published at the next cluster change or resync after a probe.
         let caps = lock(&self.shared).capabilities.capabilities();
-        let object = match node_network::object_for(node, node_network::spec_for(&identity, &s.blocks, caps)) {
+        let tunnel_address = crate::plan::derived_tunnel_address(&snapshot.snapshot, caps);
+        let object = match node_network::object_for(node, node_network::spec_for(&identity, tunnel_address, caps)) {
             Ok(object) => object,
             Err(e) => return tracing::warn!(error = %e, "NodeNetwork not published"),
         };

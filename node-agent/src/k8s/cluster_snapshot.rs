@@ -12,10 +12,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use trellis_api::{IPAMBlock, IPPool, Installation, NodeNetwork};
+use trellis_api::{EncapMode, IPAMBlock, IPPool, Installation, NodeNetwork};
 
-use crate::model::MacAddr;
-use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, Snapshot, VxlanSettings};
+use crate::model::{Encapsulation, MacAddr, Phase};
+use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, PoolTransition, Snapshot, VxlanSettings};
 
 /// This node as detected locally.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub enum ClusterSnapshotError {
     OwnBlockCidr { block: String, cidr: String },
     #[error("Installation default: spec.network.mtu {0} is not a valid MTU")]
     Mtu(i32),
+    #[error("IPPool {pool}: {problem}")]
+    Status { pool: String, problem: String },
 }
 
 fn name_of<K: kube::Resource>(obj: &K) -> String {
@@ -70,15 +72,88 @@ fn pool_of(pool: &IPPool) -> Result<Pool, ClusterSnapshotError> {
         .block_size
         .map(|size| u8::try_from(size).map_err(|_| ClusterSnapshotError::BlockSize { pool: name.clone(), size }))
         .transpose()?;
+    let in_force = settings_in_force(pool)?;
+    let (ipip_mode, vxlan_mode) = modes(in_force.encapsulation);
     Ok(Pool {
         name,
         cidr,
-        ipip_mode: spec.ipip(),
-        vxlan_mode: spec.vxlan(),
-        nat_outgoing: spec.nat_outgoing.unwrap_or(false),
+        ipip_mode,
+        vxlan_mode,
+        nat_outgoing: in_force.nat_outgoing,
         disabled: spec.disabled.unwrap_or(false),
         block_size,
+        allowed_uses: spec.allowed_uses.clone(),
+        transition: in_force.transition,
     })
+}
+
+fn modes(encapsulation: Encapsulation) -> (EncapMode, EncapMode) {
+    match encapsulation {
+        Encapsulation::None => (EncapMode::Never, EncapMode::Never),
+        Encapsulation::Ipip(mode) => (mode, EncapMode::Never),
+        Encapsulation::Vxlan(mode) => (EncapMode::Never, mode),
+    }
+}
+
+/// The encapsulation and NAT a pool's blocks get on this node now, and the live change this
+/// node takes part in.
+#[derive(Debug, PartialEq)]
+struct InForce {
+    encapsulation: Encapsulation,
+    nat_outgoing: bool,
+    transition: Option<PoolTransition>,
+}
+
+/// Pure: which settings of `pool` this node runs (docs/live-changes.md):
+/// * `trellis.dev/live-change: direct`, or no `status.active` yet (no operator has looked at
+///   the pool): the spec, at once;
+/// * a `status.transition`: its target settings, with the settings being left and the phase;
+/// * otherwise `status.active`: a newer spec waits there until the operator starts its change.
+fn settings_in_force(pool: &IPPool) -> Result<InForce, ClusterSnapshotError> {
+    let spec = &pool.spec;
+    let parse = |field: &str, text: &str| {
+        text.parse::<Encapsulation>()
+            .map_err(|e| ClusterSnapshotError::Status { pool: name_of(pool), problem: format!("{field}: {e}") })
+    };
+    let from_spec = || -> Result<InForce, ClusterSnapshotError> {
+        Ok(InForce {
+            encapsulation: parse("spec", &spec.encapsulation())?,
+            nat_outgoing: spec.nat_outgoing.unwrap_or(false),
+            transition: None,
+        })
+    };
+    let status = pool.status.as_ref();
+    if !pool.phased() {
+        return from_spec();
+    }
+    if let Some(t) = status.and_then(|s| s.transition.as_ref()) {
+        let phase = Phase::parse(&t.phase).ok_or_else(|| ClusterSnapshotError::Status {
+            pool: name_of(pool),
+            problem: format!("status.transition.phase {:?} is not Receive, Switch or Cleanup", t.phase),
+        })?;
+        return Ok(InForce {
+            encapsulation: parse("status.transition.to", &t.to)?,
+            nat_outgoing: t.to_nat_outgoing,
+            transition: Some(PoolTransition {
+                from: parse("status.transition.from", &t.from)?,
+                from_nat_outgoing: t.from_nat_outgoing,
+                phase,
+            }),
+        });
+    }
+    match status.and_then(|s| s.active.as_ref()) {
+        Some(active) => Ok(InForce {
+            encapsulation: parse("status.active.encapsulation", &active.encapsulation)?,
+            nat_outgoing: active.nat_outgoing,
+            transition: None,
+        }),
+        None => from_spec(),
+    }
+}
+
+/// Whether the operator marked `pool` as overlapping an older pool (then it is not used).
+fn overlaps_older_pool(pool: &IPPool) -> bool {
+    pool.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "CIDROverlap" && c.status == "True"))
 }
 
 /// A peer from its NodeNetwork, or why it is left out.
@@ -112,7 +187,16 @@ pub fn snapshot_from_cluster(
 ) -> Result<ClusterSnapshot, ClusterSnapshotError> {
     let mut warnings = Vec::new();
 
-    let mut snapshot_pools = pools.iter().map(|p| pool_of(p)).collect::<Result<Vec<_>, _>>()?;
+    // A pool the operator found overlapping an older one is not used (as its condition says).
+    let (overlapping, used): (Vec<&Arc<IPPool>>, Vec<&Arc<IPPool>>) =
+        pools.iter().partition(|p| overlaps_older_pool(p));
+    for pool in overlapping {
+        warnings.push(format!(
+            "IPPool {} overlaps an older pool (condition CIDROverlap); it is not used",
+            name_of(pool.as_ref())
+        ));
+    }
+    let mut snapshot_pools = used.iter().map(|p| pool_of(p)).collect::<Result<Vec<_>, _>>()?;
     snapshot_pools.sort_by(|a, b| a.name.cmp(&b.name));
     let generations = pools.iter().map(|p| (name_of(p.as_ref()), p.metadata.generation.unwrap_or_default())).collect();
 

@@ -5,7 +5,8 @@
 //! rebuilt from the detected address, the own blocks and the kernel's capabilities, and only
 //! sent when it changed.
 
-use ipnet::IpNet;
+use std::net::IpAddr;
+
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
@@ -14,7 +15,6 @@ use trellis_api::{NodeNetwork, NodeNetworkSpec};
 
 use super::cluster_snapshot::LocalIdentity;
 use crate::model::{Capabilities, MacAddr};
-use crate::vtep::tunnel_address_for;
 
 /// Field manager of everything the agent writes.
 pub const FIELD_MANAGER: &str = "trellis-agent";
@@ -29,13 +29,14 @@ pub enum PublishError {
     Apply { name: String, source: kube::Error },
 }
 
-/// Pure: the spec this node publishes.
-pub fn spec_for(identity: &LocalIdentity, own_blocks: &[IpNet], caps: Capabilities) -> NodeNetworkSpec {
+/// Pure: the spec this node publishes; `tunnel_address` is what the planner derives for this
+/// node ([`crate::plan::derived_tunnel_address`]: its lowest block in a Tunnel pool).
+pub fn spec_for(identity: &LocalIdentity, tunnel_address: Option<IpAddr>, caps: Capabilities) -> NodeNetworkSpec {
     NodeNetworkSpec {
         address: identity.address.to_string(),
         uplink: Some(identity.uplink.clone()),
         vtep_mac: Some(MacAddr::for_node(&identity.name).to_string()),
-        tunnel_address: tunnel_address_for(own_blocks).map(|ip| ip.to_string()),
+        tunnel_address: tunnel_address.map(|ip| ip.to_string()),
         capabilities: Some(KernelCapabilities { ipip: caps.ipip, vxlan: caps.vxlan }),
     }
 }
@@ -83,14 +84,13 @@ mod tests {
     fn spec_carries_address_prefix_mac_tunnel_address_and_capabilities() {
         let identity =
             LocalIdentity { name: "node1".into(), address: "10.0.1.11/24".parse().unwrap(), uplink: "eth0".into() };
-        let blocks: Vec<IpNet> = vec!["10.244.1.64/26".parse().unwrap(), "10.244.1.0/26".parse().unwrap()];
-        let spec = spec_for(&identity, &blocks, Capabilities { ipip: false, vxlan: true });
+        let spec = spec_for(&identity, Some("10.244.1.0".parse().unwrap()), Capabilities { ipip: false, vxlan: true });
         assert_eq!(spec.address, "10.0.1.11/24");
         assert_eq!(spec.uplink.as_deref(), Some("eth0"));
         assert_eq!(spec.vtep_mac, Some(MacAddr::for_node("node1").to_string()));
         assert_eq!(spec.tunnel_address.as_deref(), Some("10.244.1.0"));
         assert_eq!(spec.capabilities, Some(KernelCapabilities { ipip: false, vxlan: true }));
-        assert_eq!(spec_for(&identity, &[], Capabilities::default()).tunnel_address, None);
+        assert_eq!(spec_for(&identity, None, Capabilities::default()).tunnel_address, None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! apply only when it differs from what was last written (condition timestamps aside), so a
 //! quiet node does not write at every resync. Each pool reports the IPPool generation the pass
 //! used, which is how the operator (and tests) know a `kubectl patch ippool` reached this node.
-//! `phase` stays unset: it belongs to the three-phase live change built on top of this.
+//! During a live change each pool also reports the phase (Receive, Switch, Cleanup) the pass
+//! applied completely; the operator advances the change once every node reports it.
 
 use std::collections::BTreeMap;
 
@@ -63,7 +64,8 @@ pub fn status_for(outcome: &PassOutcome, previous: Option<&NodeNetworkStatus>, n
             name: p.name.clone(),
             generation: outcome.generations.get(&p.name).copied().unwrap_or_default(),
             encapsulation: p.encapsulation.to_string(),
-            phase: None,
+            // A phase counts as reached only once a pass applied all of it.
+            phase: p.phase.filter(|_| outcome.applied && outcome.errors.is_empty()).map(|p| p.to_string()),
             error: p.error.clone(),
         })
         .collect::<Vec<_>>();
@@ -160,12 +162,14 @@ mod tests {
                 PoolPlan {
                     name: "a".into(),
                     encapsulation: Encapsulation::Vxlan(EncapMode::Always),
+                    phase: None,
                     disabled: false,
                     error: None,
                 },
                 PoolPlan {
                     name: "b".into(),
                     encapsulation: Encapsulation::Ipip(EncapMode::CrossSubnet),
+                    phase: None,
                     disabled: false,
                     error: Some("the kernel has no ipip".into()),
                 },
@@ -195,6 +199,20 @@ mod tests {
         assert_eq!(cond(&s, "Ready").status, "True");
         assert_eq!(cond(&s, "Degraded").status, "True", "a pool error degrades");
         assert!(cond(&s, "Degraded").message.contains("pool b"));
+    }
+
+    #[test]
+    fn a_phase_is_reported_only_after_a_pass_applied_all_of_it() {
+        let mut o = outcome();
+        o.pools[0].phase = Some(crate::model::Phase::Switch);
+        let s = status_for(&o, None, at(1));
+        assert_eq!(s.pools[0].phase.as_deref(), Some("Switch"));
+        assert_eq!(s.pools[1].phase, None);
+        o.applied = false;
+        assert_eq!(status_for(&o, None, at(1)).pools[0].phase, None, "a failed pass reaches no phase");
+        o.applied = true;
+        o.errors = vec!["route 10.244.2.0/26: EPERM".into()];
+        assert_eq!(status_for(&o, None, at(1)).pools[0].phase, None);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub const INSTALLATION_NAME: &str = "default";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClusterEvent(pub &'static str);
 
-fn spawn_reflector<K>(
+pub(crate) fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     kind: &'static str,

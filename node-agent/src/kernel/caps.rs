@@ -14,7 +14,7 @@
 //! module may have been installed or loaded since, without an agent restart).
 
 use crate::kernel::Kernel;
-use crate::model::{Capabilities, IPIP_DEVICE};
+use crate::model::{Capabilities, Encapsulation, IPIP_DEVICE};
 use crate::snapshot::Pool;
 
 /// A tunnel kind to probe.
@@ -109,10 +109,15 @@ pub struct Needs {
 }
 
 impl Needs {
+    /// The tunnel kinds the pools use, counting the settings a live change is leaving (their
+    /// receive side stays until Cleanup).
     pub fn of(pools: &[Pool]) -> Self {
+        let leaving = |p: &Pool| p.transition.as_ref().map(|t| t.from);
         Needs {
-            ipip: pools.iter().any(|p| p.ipip_mode.is_enabled()),
-            vxlan: pools.iter().any(|p| p.vxlan_mode.is_enabled()),
+            ipip: pools.iter().any(|p| p.ipip_mode.is_enabled() || matches!(leaving(p), Some(Encapsulation::Ipip(_)))),
+            vxlan: pools
+                .iter()
+                .any(|p| p.vxlan_mode.is_enabled() || matches!(leaving(p), Some(Encapsulation::Vxlan(_)))),
         }
     }
 }
@@ -282,6 +287,13 @@ mod tests {
             Needs { ipip: true, vxlan: false }
         );
         assert_eq!(Needs::of(&[]), Needs::default());
+        let mut leaving_vxlan = pool("Never", "Never");
+        leaving_vxlan.transition = Some(crate::snapshot::PoolTransition {
+            from: Encapsulation::Vxlan(trellis_api::EncapMode::Always),
+            from_nat_outgoing: false,
+            phase: crate::model::Phase::Switch,
+        });
+        assert_eq!(Needs::of(&[leaving_vxlan]), Needs { ipip: false, vxlan: true }, "until Cleanup");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub use host::{CniConfig, NatPlan, Sysctl};
 pub use mac::{MacAddr, MacParseError};
 pub use neighbour::{FdbEntry, Neighbour};
 pub use observed::{IpipDevice, KernelState, VxlanDevice};
-pub use pool::{Encapsulation, EncapsulationParseError, PoolPlan};
+pub use pool::{Encapsulation, EncapsulationParseError, Phase, PoolPlan};
 pub use route::{ROUTE_PROTOCOL, Route, RouteKind, StrayRoute};
 pub use tunnel::{
     IPIP_ADDRESS_LABEL, IPIP_DEVICE, IPIP_OVERHEAD, IpipTunnel, OWNER_ALIAS, VXLAN_OVERHEAD, VxlanTunnel, address_label,

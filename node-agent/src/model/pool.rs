@@ -1,4 +1,5 @@
-//! What a pool does on this node: its effective encapsulation, or why it cannot be programmed.
+//! What a pool does on this node: its effective encapsulation, the phase of a live change, or why
+//! it cannot be programmed.
 
 use serde::{Deserialize, Serialize};
 use trellis_api::EncapMode;
@@ -8,12 +9,49 @@ use trellis_api::EncapMode;
 #[serde(rename_all = "camelCase")]
 pub struct PoolPlan {
     pub name: String,
+    /// The encapsulation senders use now (during a live change: the old one until Switch).
     pub encapsulation: Encapsulation,
+    /// The phase of a live change this plan carries out, if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
     /// Calico semantics: a disabled pool gets no new allocations (its blocks leave the CNI
     /// IPAM ranges) but existing blocks stay routed so running pods keep working.
     pub disabled: bool,
     /// Why this pool is not (fully) programmed, in words a human understands.
     pub error: Option<String>,
+}
+
+/// The phase of a live change on this node (see docs/live-changes.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Receive both the old and the new encapsulation; send with the old one.
+    Receive,
+    /// Receive both; send with the new one.
+    Switch,
+    /// Only the new one: the old receive side is removed.
+    Cleanup,
+}
+
+impl Phase {
+    /// The name used in the IPPool and NodeNetwork statuses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Receive => "Receive",
+            Phase::Switch => "Switch",
+            Phase::Cleanup => "Cleanup",
+        }
+    }
+
+    /// Parses a status' phase name.
+    pub fn parse(s: &str) -> Option<Phase> {
+        [Phase::Receive, Phase::Switch, Phase::Cleanup].into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The effective encapsulation of a pool (ipipMode and vxlanMode folded into one value).

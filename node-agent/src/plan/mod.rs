@@ -30,11 +30,29 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::{Capabilities, DesiredState, IPIP_DEVICE, IpipTunnel, MacAddr, NatPlan, Sysctl, VxlanTunnel};
+use crate::model::{Capabilities, DesiredState, IPIP_DEVICE, IpipTunnel, MacAddr, NatPlan, Phase, Sysctl, VxlanTunnel};
 use crate::snapshot::{CniPlugin, Snapshot};
 use crate::vtep::tunnel_address_for;
 
-use pools::{Pools, is_ipip, is_vxlan};
+use pools::{PoolView, Pools, is_ipip, is_vxlan};
+
+/// A node's tunnel address by convention (Calico's `allowedUses` Tunnel, flannel's choice of
+/// address): the network address of its lowest block in a programmed pool that allows Tunnel
+/// use. The pool is the block's most specific pool.
+fn tunnel_address(blocks: &[IpNet], pools: &Pools) -> Option<IpAddr> {
+    let eligible: Vec<IpNet> = blocks
+        .iter()
+        .copied()
+        .filter(|b| pools.owner_of(&b.trunc()).is_some_and(|p| p.programmed() && p.tunnel))
+        .collect();
+    tunnel_address_for(&eligible)
+}
+
+/// The tunnel address a node derives for itself from its blocks and the pools (what the
+/// planner uses when the snapshot gives none; the NodeNetwork publishes it).
+pub fn derived_tunnel_address(snapshot: &Snapshot, caps: Capabilities) -> Option<IpAddr> {
+    tunnel_address(&snapshot.node.blocks, &Pools::new(&snapshot.pools, &snapshot.node, caps))
+}
 
 /// A snapshot the planner cannot turn into a desired state at all.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -70,20 +88,24 @@ pub fn plan(snapshot: &Snapshot, caps: Capabilities) -> Result<DesiredState, Pla
         .collect();
 
     let programmed = || pools.iter().filter(|p| p.programmed());
+    // During a live change both the old and the new settings count: the pod MTU must fit
+    // whichever path a packet takes until the old one is gone (lowered in Receive, raised
+    // only after Cleanup).
+    let in_force = || pools.iter().flat_map(PoolView::receiving).filter(|p| p.programmed());
     let mtus = mtu::compute(
         snapshot.mtu,
         &node.uplink,
         node.uplink_mtu,
         mtu::Overheads::for_underlay(node.address.addr()),
-        programmed().any(|p| is_ipip(p.encap)),
-        programmed().any(|p| is_vxlan(p.encap)),
+        in_force().any(|p| is_ipip(p.encap)),
+        in_force().any(|p| is_vxlan(p.encap)),
     )?;
 
     // Devices exist when some pool can use them: receiving works before any peer exists,
     // which is what phase 1 of a live mode change relies on.
-    let tunnel_address = node.tunnel_address.or_else(|| tunnel_address_for(&node.blocks));
+    let tunnel_address = node.tunnel_address.or_else(|| tunnel_address(&node.blocks, &pools));
     let mac = node.vtep_mac.unwrap_or_else(|| MacAddr::for_node(&node.name));
-    let usable = || pools.iter().filter(|p| p.tunnel_usable());
+    let usable = || pools.iter().flat_map(PoolView::receiving).filter(|p| p.tunnel_usable());
     let ipip = usable().any(|p| is_ipip(p.encap)).then_some(IpipTunnel {
         mtu: mtus.ipip_device,
         address: match tunnel_address {
@@ -113,7 +135,7 @@ pub fn plan(snapshot: &Snapshot, caps: Capabilities) -> Result<DesiredState, Pla
     let cni_blocks: Vec<IpNet> = own_blocks
         .iter()
         .copied()
-        .filter(|b| pools.owner_of(b).is_some_and(|p| p.programmed() && !p.disabled))
+        .filter(|b| pools.owner_of(b).is_some_and(|p| p.programmed() && !p.disabled && p.workload))
         .collect();
     let reserved: Vec<IpAddr> = tunnel_address.into_iter().collect();
     let (mut cni, cni_warnings) = crate::cni::render(&snapshot.cni, mtus.pod, &cni_blocks, &reserved);
@@ -123,9 +145,16 @@ pub fn plan(snapshot: &Snapshot, caps: Capabilities) -> Result<DesiredState, Pla
     }
     warnings.extend(pools.overlaps());
 
+    // While a live change runs, a packet may arrive on the uplink from a peer that still (or
+    // already) sends directly while this node's route back goes through a tunnel: loose
+    // reverse-path filtering on the uplink too, so it is not dropped.
+    let changing = pools.iter().any(|p| p.phase().is_some_and(|phase| phase != Phase::Cleanup));
     let sysctls = sysctls(
         programmed().any(|p| p.cidr.addr().is_ipv6()),
-        [ipip.as_ref().map(|_| IPIP_DEVICE), vxlan.as_ref().map(|v| v.name.as_str())].into_iter().flatten(),
+        [ipip.as_ref().map(|_| IPIP_DEVICE), vxlan.as_ref().map(|v| v.name.as_str())]
+            .into_iter()
+            .flatten()
+            .chain(changing.then_some(node.uplink.as_str())),
     );
 
     Ok(DesiredState {
@@ -151,6 +180,7 @@ fn no_allocatable_block(own: &BTreeSet<IpNet>, pools: &Pools, path: &std::path::
             None => format!("{b}: in no pool"),
             Some(p) if !p.programmed() => format!("{b}: pool {} is not programmed", p.name),
             Some(p) if p.disabled => format!("{b}: pool {} is disabled", p.name),
+            Some(p) if !p.workload => format!("{b}: pool {} does not allow Workload use (allowedUses)", p.name),
             Some(_) => format!("{b}: no room for pods (see the warnings)"),
         })
         .collect();
@@ -188,8 +218,11 @@ fn validate(snapshot: &Snapshot) -> Result<(), PlanError> {
 /// NAT (their running pods keep egress); pools that are not programmed at all do not get NAT
 /// but still count as pool destinations, so traffic into them is never masqueraded.
 fn nat_plan(pools: &Pools) -> NatPlan {
+    // During a live change the old natOutgoing holds until senders switch. Conntrack keeps
+    // the translation of every flow that started before, so flipping it loses no packet of a
+    // running flow either way.
     let nat_sources: BTreeSet<IpNet> =
-        pools.iter().filter(|p| p.programmed() && p.nat_outgoing).map(|p| p.cidr).collect();
+        pools.iter().map(PoolView::sending).filter(|p| p.programmed() && p.nat_outgoing).map(|p| p.cidr).collect();
     let all_pools: BTreeSet<IpNet> = pools.iter().map(|p| p.cidr).collect();
     NatPlan { nat_sources: nat_sources.into_iter().collect(), all_pools: all_pools.into_iter().collect() }
 }

@@ -13,7 +13,7 @@
 use ipnet::IpNet;
 use trellis_api::EncapMode;
 
-use crate::model::{Capabilities, Encapsulation, PoolPlan};
+use crate::model::{Capabilities, Encapsulation, Phase, PoolPlan};
 use crate::snapshot::{LocalNode, Pool};
 
 /// One pool as the planner sees it.
@@ -29,11 +29,33 @@ pub(super) struct PoolView {
     pub invalid: Option<String>,
     /// Why the pool's tunnel cannot be used on this node (its direct routes still can).
     pub unsupported: Option<String>,
+    /// `allowedUses` Workload: the pool's blocks are CNI ranges.
+    pub workload: bool,
+    /// `allowedUses` Tunnel: a tunnel address may come from the pool's blocks.
+    pub tunnel: bool,
+    /// During a live change: the settings being left (as a view of their own) and the phase.
+    pub leaving: Option<(Box<PoolView>, Phase)>,
 }
 
 impl PoolView {
     /// Classifies `pool` for a node with address `node` and kernel `caps`.
     pub fn new(pool: &Pool, node: &LocalNode, caps: Capabilities) -> Self {
+        let mut view = Self::settings(pool, node, caps);
+        view.leaving = pool.transition.as_ref().map(|t| {
+            let (ipip_mode, vxlan_mode) = match t.from {
+                Encapsulation::None => (EncapMode::Never, EncapMode::Never),
+                Encapsulation::Ipip(m) => (m, EncapMode::Never),
+                Encapsulation::Vxlan(m) => (EncapMode::Never, m),
+            };
+            let old =
+                Pool { ipip_mode, vxlan_mode, nat_outgoing: t.from_nat_outgoing, transition: None, ..pool.clone() };
+            (Box::new(Self::settings(&old, node, caps)), t.phase)
+        });
+        view
+    }
+
+    /// Classifies one set of settings (no transition).
+    fn settings(pool: &Pool, node: &LocalNode, caps: Capabilities) -> Self {
         let cidr = pool.cidr.trunc();
         let (encap, invalid) = match (pool.ipip_mode.is_enabled(), pool.vxlan_mode.is_enabled()) {
             (true, true) => (
@@ -55,6 +77,23 @@ impl PoolView {
             (false, true) => (Encapsulation::Vxlan(pool.vxlan_mode), None),
             (false, false) => (Encapsulation::None, None),
         };
+        // One node address of one family: blocks of the other family can only be reached
+        // through a tunnel that crosses families, which VXLAN/Always is (IPv6 pods over an IPv4
+        // underlay); a direct route needs a node address of the block's family.
+        let invalid = invalid.or_else(|| {
+            let other_family = cidr.addr().is_ipv6() != node.address.addr().is_ipv6();
+            (other_family && encap != Encapsulation::Vxlan(EncapMode::Always)).then(|| {
+                format!(
+                    "pool {} is {} but this node's address {} is not, and the pool's encapsulation {encap} routes \
+                     directly (at least inside the subnet), which needs a node address of the pool's family; the \
+                     agent detects one node address, so only vxlanMode Always carries this pool. The pool is not \
+                     programmed",
+                    pool.name,
+                    if cidr.addr().is_ipv6() { "IPv6" } else { "IPv4" },
+                    node.address
+                )
+            })
+        });
         let unsupported = if invalid.is_some() {
             None
         } else {
@@ -85,7 +124,38 @@ impl PoolView {
             disabled: pool.disabled,
             invalid,
             unsupported,
+            workload: pool.allows_workload(),
+            tunnel: pool.allows_tunnel(),
+            leaving: None,
         }
+    }
+
+    /// The phase of a live change on this node, if one runs.
+    pub fn phase(&self) -> Option<Phase> {
+        self.leaving.as_ref().map(|(_, phase)| *phase)
+    }
+
+    /// The settings senders use now: the old ones until the Switch phase, then the new ones.
+    pub fn sending(&self) -> &PoolView {
+        match &self.leaving {
+            Some((old, Phase::Receive)) => old,
+            _ => self,
+        }
+    }
+
+    /// Settings whose receive side is kept besides the sending ones: during Receive the new
+    /// settings (being prepared), during Switch the old ones (peers may still send with them).
+    pub fn also_receiving(&self) -> Option<&PoolView> {
+        match &self.leaving {
+            Some((_, Phase::Receive)) => Some(self),
+            Some((old, Phase::Switch)) => Some(old),
+            _ => None,
+        }
+    }
+
+    /// Every set of settings whose devices must exist on this node now.
+    pub fn receiving(&self) -> impl Iterator<Item = &PoolView> {
+        std::iter::once(self.sending()).chain(self.also_receiving())
     }
 
     /// True when the pool's blocks are routed at all.
@@ -114,7 +184,8 @@ impl PoolView {
     pub fn outcome(&self) -> PoolPlan {
         PoolPlan {
             name: self.name.clone(),
-            encapsulation: self.encap,
+            encapsulation: self.sending().encap,
+            phase: self.phase(),
             disabled: self.disabled,
             error: self.invalid.clone().or_else(|| self.unsupported.clone()),
         }
@@ -203,6 +274,8 @@ mod tests {
             nat_outgoing: false,
             disabled: false,
             block_size: None,
+            allowed_uses: None,
+            transition: None,
         }
     }
 

@@ -170,6 +170,8 @@ fn build(c: &Cluster) -> Snapshot {
                 nat_outgoing: p.nat,
                 disabled: p.disabled,
                 block_size: None,
+                allowed_uses: None,
+                transition: None,
             })
             .collect(),
         mtu: None,
@@ -194,8 +196,15 @@ struct Rules<'a> {
 }
 
 impl Rules<'_> {
+    /// The node address is IPv4, so an IPv6 pool is only carried by VXLAN Always.
     fn programmed(p: &Pool) -> bool {
         !(p.ipip_mode.is_enabled() && (p.vxlan_mode.is_enabled() || p.cidr.addr().is_ipv6()))
+            && (p.cidr.addr().is_ipv4() || (!p.ipip_mode.is_enabled() && p.vxlan_mode == EncapMode::Always))
+    }
+
+    /// A block a tunnel address may come from: its pool is programmed (and allows Tunnel).
+    fn tunnel_block(&self, b: &IpNet) -> bool {
+        self.owner(&b.trunc()).is_some_and(|p| Self::programmed(p) && p.allows_tunnel())
     }
 
     /// The most specific pool containing `b`; of equals the first by name.
@@ -211,11 +220,13 @@ impl Rules<'_> {
 
     /// A peer's tunnel address for blocks of `b`'s family: explicit if of that family, else
     /// the network address of its lowest block of that family.
-    fn peer_tunnel(p: &Peer, b: &IpNet) -> Option<IpAddr> {
+    fn peer_tunnel(&self, p: &Peer, b: &IpNet) -> Option<IpAddr> {
         let v6 = b.addr().is_ipv6();
         match p.tunnel_address {
             Some(a) if a.is_ipv6() == v6 => Some(a),
-            _ => p.blocks.iter().filter(|x| x.addr().is_ipv6() == v6).min().map(|x| x.network()),
+            _ => {
+                p.blocks.iter().filter(|x| x.addr().is_ipv6() == v6 && self.tunnel_block(x)).min().map(|x| x.network())
+            }
         }
     }
 
@@ -224,7 +235,10 @@ impl Rules<'_> {
     }
 
     fn node_tunnel(&self) -> Option<IpAddr> {
-        self.snap.node.tunnel_address.or_else(|| self.snap.node.blocks.iter().min().map(|b| b.network()))
+        self.snap
+            .node
+            .tunnel_address
+            .or_else(|| self.snap.node.blocks.iter().filter(|b| self.tunnel_block(b)).min().map(|b| b.network()))
     }
 
     /// No two nodes share a VTEP MAC or (per family) a tunnel address.
@@ -234,7 +248,7 @@ impl Rules<'_> {
         let mut tunnels: Vec<IpAddr> = self.node_tunnel().into_iter().collect();
         for p in &self.snap.peers {
             for family in ["0.0.0.0/0", "::/0"] {
-                tunnels.extend(Self::peer_tunnel(p, &family.parse().unwrap()));
+                tunnels.extend(self.peer_tunnel(p, &family.parse().unwrap()));
             }
         }
         fn distinct<T: Ord>(v: &[T]) -> bool {
@@ -273,7 +287,7 @@ impl Rules<'_> {
         if !self.caps.vxlan || peer_ip.is_ipv6() != node.address.addr().is_ipv6() {
             return None;
         }
-        Some(RouteKind::Unicast { gateway: Self::peer_tunnel(peer, b)?, dev: VX.into(), onlink: true })
+        Some(RouteKind::Unicast { gateway: self.peer_tunnel(peer, b)?, dev: VX.into(), onlink: true })
     }
 }
 

@@ -58,11 +58,17 @@ fn same_family(net: &IpNet, addr: IpAddr) -> bool {
 /// The tunnel IP a peer answers to for blocks of `block`'s family: its published tunnel
 /// address when it has that family, else the convention of [`tunnel_address_for`] applied to
 /// its blocks of that family (what the peer derives for itself).
-pub(super) fn peer_tunnel_ip(peer: &Peer, block: &IpNet) -> Option<IpAddr> {
+pub(super) fn peer_tunnel_ip(peer: &Peer, block: &IpNet, pools: &Pools) -> Option<IpAddr> {
     match peer.tunnel_address {
         Some(addr) if same_family(block, addr) => Some(addr),
         _ => {
-            let family: Vec<IpNet> = peer.blocks.iter().filter(|b| same_family(block, b.network())).copied().collect();
+            let family: Vec<IpNet> = peer
+                .blocks
+                .iter()
+                .filter(|b| same_family(block, b.network()))
+                .filter(|b| pools.owner_of(&b.trunc()).is_some_and(|p| p.programmed() && p.tunnel))
+                .copied()
+                .collect();
             tunnel_address_for(&family)
         }
     }
@@ -167,15 +173,30 @@ fn plan_peer(
             ));
             continue;
         }
-        let route = match pool.encapsulate_to(in_subnet) {
+        // During a live change the route follows the sending settings; the neighbour and FDB
+        // entries of the other settings' VXLAN are kept too (in place before senders switch
+        // to VXLAN, still there while peers switch away from it).
+        let sending = pool.sending();
+        let route = match sending.encapsulate_to(in_subnet) {
             Encapsulation::None if !in_subnet => {
                 unreachable.entry(pool.name.as_str()).or_default().push(block);
                 None
             }
             Encapsulation::None => direct(node, peer, &block, out),
-            Encapsulation::Ipip(_) => ipip(peer, pool, &block, out),
-            Encapsulation::Vxlan(_) => vxlan(node, peer, pool, &block, vtep, peer_mac, claims, out),
+            Encapsulation::Ipip(_) => ipip(peer, sending, &block, out),
+            Encapsulation::Vxlan(_) => vxlan(node, peer, sending, &block, pools, vtep, peer_mac, claims, out),
         };
+        if let Some(other) = pool.also_receiving()
+            && matches!(other.encapsulate_to(in_subnet), Encapsulation::Vxlan(_))
+        {
+            let mut quiet = Routing::default();
+            vxlan(node, peer, other, &block, pools, vtep, peer_mac, claims, &mut quiet);
+            out.neighbours.extend(quiet.neighbours);
+            out.fdb.extend(quiet.fdb);
+            if route.is_none() {
+                out.warnings.extend(quiet.warnings);
+            }
+        }
         if let Some(kind) = route {
             claims.blocks.insert(block, peer.name.clone());
             out.routes.insert(block, Route { dst: block, kind });
@@ -228,6 +249,7 @@ fn vxlan(
     peer: &Peer,
     pool: &PoolView,
     block: &IpNet,
+    pools: &Pools,
     vtep: &LocalVtep,
     peer_mac: MacAddr,
     claims: &mut Claims,
@@ -246,7 +268,7 @@ fn vxlan(
         ));
         return None;
     }
-    let Some(tunnel_ip) = peer_tunnel_ip(peer, block) else {
+    let Some(tunnel_ip) = peer_tunnel_ip(peer, block, pools) else {
         out.warnings.push(format!("peer {} has no tunnel address for block {block}; not routed", peer.name));
         return None;
     };

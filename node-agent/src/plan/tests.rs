@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use trellis_api::EncapMode::{self, Always, CrossSubnet, Never};
 
 use super::*;
-use crate::model::{Encapsulation, FdbEntry, Neighbour, Route, RouteKind};
+use crate::model::{Encapsulation, FdbEntry, Neighbour, Phase, Route, RouteKind};
 use crate::snapshot::{CniSettings, LocalNode, Peer, Pool, VxlanSettings};
 
 const VX: &str = "vxlan.trellis";
@@ -29,6 +29,8 @@ fn pool(name: &str, cidr: &str, ipip: EncapMode, vxlan: EncapMode) -> Pool {
         nat_outgoing: false,
         disabled: false,
         block_size: None,
+        allowed_uses: None,
+        transition: None,
     }
 }
 
@@ -645,4 +647,143 @@ fn mixed_pools_example_is_what_the_docs_say() {
         d.cni.conflist["plugins"][0]["ipam"]["routes"],
         serde_json::json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
     );
+}
+
+fn uses(mut p: Pool, uses: &[trellis_api::ip_pool::AllowedUse]) -> Pool {
+    p.allowed_uses = Some(uses.to_vec());
+    p
+}
+
+#[test]
+fn only_workload_pools_give_pod_ranges_and_only_tunnel_pools_the_tunnel_address() {
+    use trellis_api::ip_pool::AllowedUse::{Tunnel, Workload};
+    let mut s = cluster(vec![
+        uses(pool("pods", "10.244.0.0/16", Never, Always), &[Workload]),
+        uses(pool("tunnels", "10.250.0.0/16", Never, Always), &[Tunnel]),
+    ]);
+    // The lowest block is a pod block; the tunnel address must still come from the Tunnel pool.
+    s.node.blocks = vec![net("10.244.0.0/26"), net("10.250.0.0/26")];
+    s.peers = vec![peer("node2", "10.0.1.12/24", &["10.244.0.64/26", "10.250.0.64/26"])];
+    let d = plan_ok(&s);
+    assert_eq!(d.vxlan.as_ref().unwrap().address, Some(ip("10.250.0.0")));
+    assert_eq!(route(&d, "10.244.0.64/26"), via("10.250.0.64", VX, true), "peer's tunnel IP from its Tunnel block");
+    let ranges = d.cni.conflist["plugins"][0]["ipam"]["ranges"].to_string();
+    assert!(ranges.contains("10.244.0.0/26") && !ranges.contains("10.250.0.0/26"), "{ranges}");
+    assert_eq!(derived_tunnel_address(&s, Capabilities::default()), Some(ip("10.250.0.0")));
+}
+
+#[test]
+fn without_a_tunnel_pool_there_is_no_tunnel_address_and_without_a_workload_pool_no_conflist() {
+    use trellis_api::ip_pool::AllowedUse::{Tunnel, Workload};
+    let d = plan_ok(&cluster(vec![uses(pool("pods", "10.244.0.0/16", Never, Always), &[Workload])]));
+    assert_eq!(d.vxlan.as_ref().unwrap().address, None);
+    assert!(d.cni.conflist["plugins"][0]["ipam"]["ranges"].to_string().contains("10.244.0.0/26"));
+    let d = plan_ok(&cluster(vec![uses(pool("tun", "10.244.0.0/16", Never, Always), &[Tunnel])]));
+    assert_eq!(d.vxlan.as_ref().unwrap().address, Some(ip("10.244.0.0")));
+    assert!(d.cni.conflist.is_null());
+    assert!(d.cni.unavailable.as_deref().unwrap().contains("does not allow Workload"), "{:?}", d.cni.unavailable);
+}
+
+#[test]
+fn an_ipv6_pool_that_routes_directly_is_refused_on_an_ipv4_node() {
+    for (ipip, vxlan) in [(Never, Never), (Never, CrossSubnet)] {
+        let d = plan_ok(&v6_cluster(ipip, vxlan));
+        let error = d.pools[0].error.as_deref().unwrap();
+        assert!(error.contains("only vxlanMode Always carries this pool"), "{error}");
+        assert!(d.routes.is_empty(), "nothing half-applied: {:?}", d.routes);
+        assert!(d.cni.conflist.is_null(), "no pod gets an address of it");
+    }
+}
+
+/// One VXLAN-capable pool changing from `from` to `to` (encapsulation and NAT), in `phase`.
+fn changing(from: (EncapMode, EncapMode, bool), to: (EncapMode, EncapMode, bool), phase: Phase) -> Snapshot {
+    let mut p = pool("default", "10.244.0.0/16", to.0, to.1);
+    p.nat_outgoing = to.2;
+    let from_encap = match (from.0, from.1) {
+        (Never, Never) => Encapsulation::None,
+        (Never, m) => Encapsulation::Vxlan(m),
+        (m, _) => Encapsulation::Ipip(m),
+    };
+    p.transition = Some(crate::snapshot::PoolTransition { from: from_encap, from_nat_outgoing: from.2, phase });
+    cluster(vec![p])
+}
+
+fn uplink_loose(d: &DesiredState) -> bool {
+    d.sysctls.iter().any(|s| s.key == "net.ipv4.conf.eth0.rp_filter" && s.value == "2")
+}
+
+#[test]
+fn receive_prepares_vxlan_while_senders_keep_the_old_route() {
+    let d = plan_ok(&changing((Never, Never, false), (Never, Always, false), Phase::Receive));
+    assert_eq!(route(&d, "10.244.0.64/26"), via("10.0.1.12", "eth0", false), "still direct");
+    assert_eq!(route(&d, "10.244.0.128/26"), None, "None cannot cross subnets, before or during Receive");
+    assert!(d.vxlan.is_some(), "the device receives VXLAN already");
+    let neighbours: Vec<IpAddr> = d.neighbours.iter().map(|n| n.ip).collect();
+    assert_eq!(neighbours, vec![ip("10.244.0.64"), ip("10.244.0.128")], "in place before the switch");
+    assert_eq!(d.fdb.len(), 2);
+    assert_eq!(d.mtu, 1450, "pods created from now on fit the new path");
+    assert!(uplink_loose(&d));
+    assert_eq!((d.pools[0].encapsulation, d.pools[0].phase), (Encapsulation::None, Some(Phase::Receive)));
+}
+
+#[test]
+fn switch_replaces_the_routes_and_keeps_the_old_receive_side() {
+    let d = plan_ok(&changing((Never, Never, false), (Never, Always, false), Phase::Switch));
+    assert_eq!(route(&d, "10.244.0.64/26"), via("10.244.0.64", VX, true));
+    assert_eq!(route(&d, "10.244.0.128/26"), via("10.244.0.128", VX, true));
+    assert!(uplink_loose(&d), "direct packets of peers that did not switch yet still arrive");
+    assert_eq!(d.pools[0].encapsulation, Encapsulation::Vxlan(Always));
+
+    // Leaving VXLAN: routes go direct, the device and its neighbours stay until Cleanup.
+    let d = plan_ok(&changing((Never, Always, false), (Never, CrossSubnet, false), Phase::Switch));
+    assert_eq!(route(&d, "10.244.0.64/26"), via("10.0.1.12", "eth0", false));
+    assert_eq!(route(&d, "10.244.0.128/26"), via("10.244.0.128", VX, true));
+    assert_eq!(d.neighbours.len(), 2, "node2's entries stay for its packets still in VXLAN");
+    assert_eq!(d.mtu, 1450);
+}
+
+#[test]
+fn cleanup_is_the_plain_plan_of_the_new_settings() {
+    for (from, to) in [
+        ((Never, Never, false), (Never, Always, true)),
+        ((Never, Always, false), (Never, Never, false)),
+        ((Always, Never, false), (Never, CrossSubnet, false)),
+    ] {
+        let d = plan_ok(&changing(from, to, Phase::Cleanup));
+        let mut plain = plan_ok(&changing(from, to, Phase::Cleanup));
+        plain.pools[0].phase = None;
+        let mut settled = cluster(vec![pool("default", "10.244.0.0/16", to.0, to.1)]);
+        settled.pools[0].nat_outgoing = to.2;
+        assert_eq!(plain, plan_ok(&settled), "{from:?} -> {to:?}");
+        assert_eq!(d.pools[0].phase, Some(Phase::Cleanup));
+        assert!(!uplink_loose(&d));
+    }
+    let d = plan_ok(&changing((Never, Always, false), (Never, Never, false), Phase::Cleanup));
+    assert!(d.vxlan.is_none() && d.neighbours.is_empty());
+    assert_eq!(d.mtu, 1500, "the MTU goes up only once the tunnel is gone");
+}
+
+#[test]
+fn ipip_to_vxlan_keeps_both_devices_until_cleanup() {
+    for phase in [Phase::Receive, Phase::Switch] {
+        let d = plan_ok(&changing((Always, Never, false), (Never, Always, false), phase));
+        assert!(d.ipip.is_some() && d.vxlan.is_some(), "{phase}");
+        let dev = if phase == Phase::Receive { "tunl0" } else { VX };
+        let gw = if phase == Phase::Receive { "10.0.2.13" } else { "10.244.0.128" };
+        assert_eq!(route(&d, "10.244.0.128/26"), via(gw, dev, true), "{phase}");
+        assert_eq!(d.neighbours.len(), 2, "{phase}");
+    }
+    let d = plan_ok(&changing((Always, Never, false), (Never, Always, false), Phase::Cleanup));
+    assert!(d.ipip.is_none() && d.vxlan.is_some());
+}
+
+#[test]
+fn nat_outgoing_flips_when_senders_switch() {
+    let on = |phase| plan_ok(&changing((Never, Always, false), (Never, Always, true), phase)).nat.nat_sources;
+    assert!(on(Phase::Receive).is_empty());
+    assert_eq!(on(Phase::Switch), vec![net("10.244.0.0/16")]);
+    assert_eq!(on(Phase::Cleanup), vec![net("10.244.0.0/16")]);
+    let off = |phase| plan_ok(&changing((Never, Always, true), (Never, Always, false), phase)).nat.nat_sources;
+    assert_eq!(off(Phase::Receive), vec![net("10.244.0.0/16")]);
+    assert!(off(Phase::Switch).is_empty());
 }

@@ -92,3 +92,22 @@ pub async fn host_route_interfaces() -> Result<BTreeMap<IpAddr, String>, Interfa
     task.abort();
     result
 }
+
+/// Sends `()` on every IPv4/IPv6 route notification of the calling thread's network namespace
+/// (a pod's host route appearing or going). Call inside a tokio runtime.
+pub fn subscribe_routes(tx: tokio::sync::mpsc::UnboundedSender<()>) -> Result<(), InterfaceError> {
+    use futures::StreamExt;
+    use rtnetlink::MulticastGroup;
+    let (connection, _, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route])
+            .map_err(InterfaceError::Socket)?;
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        while messages.next().await.is_some() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}

@@ -12,9 +12,9 @@
 //! * [`cluster`] and [`enforcer`]: the inputs from the Kubernetes API and the agent's loop.
 
 pub mod apply;
-// pub mod cluster;
+pub mod cluster;
 pub mod compile;
-// pub mod enforcer;
+pub mod enforcer;
 pub mod global;
 pub mod inputs;
 pub mod interfaces;

@@ -26,6 +26,7 @@ fn desired() -> DesiredState {
         pools: vec![PoolPlan {
             name: "ipip-pool".into(),
             encapsulation: crate::model::Encapsulation::None,
+            phase: None,
             disabled: false,
             error: Some("no ipip support in this kernel".into()),
         }],

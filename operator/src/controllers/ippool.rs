@@ -5,8 +5,10 @@
 //! a block), and READY n/m: of the nodes the pool selects, how many report in their NodeNetwork
 //! status that they applied the pool's current generation without error. The decisions are pure
 //! ([`crate::ippool`]); this module reads the caches and writes `status` with a merge patch
-//! under the field manager `trellis-operator`, touching only the fields it owns (never
-//! `transition`). An Event goes out when a problem condition turns true.
+//! under the field manager `trellis-operator`, touching only the fields it owns. It also drives
+//! the pool's live encapsulation/NAT changes (`status.active`, `status.transition`; the step is
+//! pure, [`crate::ippool::live_change`]). An Event goes out when a problem condition turns true
+//! and at every step of a live change.
 //!
 //! A kube-runtime `Controller` over IPPools; any change of Nodes, NodeNetworks or IPAMBlocks
 //! re-checks every pool (a pool's status depends on all of them).
@@ -26,11 +28,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use trellis_api::node_network::AppliedPool;
-use trellis_api::{IPAMBlock, IPPool, NodeNetwork};
+use trellis_api::{IPAMBlock, IPPool, IPPoolStatus, NodeNetwork};
 
 use crate::conditions::{self, Desired};
+use crate::ippool::live_change::{self, LiveEvent, LiveFacts, LiveStep};
 use crate::ippool::{
-    BLOCKS_EXHAUSTED, CIDR_OVERLAP, PoolFacts, PoolStatusView, UNSUPPORTED_FIELDS, convergence, pool_status,
+    BLOCKS_EXHAUSTED, CIDR_OVERLAP, LIVE_CHANGE_STALLED, LiveSummary, PoolFacts, PoolStatusView, UNSUPPORTED_FIELDS,
+    convergence, pool_status,
 };
 use crate::pool_view::{self, NodeLabels, PoolView};
 use crate::{Context, Error, FIELD_MANAGER, Result, Stop, ipam};
@@ -100,18 +104,41 @@ async fn reconcile_pool(pool: Arc<IPPool>, pctx: Arc<PoolContext>) -> Result<Act
             return Ok(Action::await_change());
         }
     };
-    let facts = facts(&pctx, &view);
-    let wanted = pool_status(&facts);
     let previous = pool.status.clone().unwrap_or_default();
+    let (facts, live) = facts(&pctx, &view, &pool, &previous);
+    let wanted = pool_status(&facts);
     let merged =
         conditions::merge(&previous.conditions, &wanted.conditions, Some(wanted.observed_generation), Timestamp::now());
-    if !changed(&previous, &wanted, &merged) {
-        return Ok(Action::requeue(RESYNC));
+    // While a change runs, look again soon: the timeout is measured, not only reacted to.
+    let next = if live.transition.is_some() { LIVE_RECHECK } else { RESYNC };
+    if !changed(&previous, &wanted, &merged, &live) {
+        return Ok(Action::requeue(next));
     }
     pctx.ctx.ensure_leader()?;
-    write_status(&pctx.ctx, &name, &wanted, &merged).await?;
+    let resource_version = pool.resource_version();
+    write_status(&pctx.ctx, &name, resource_version.as_deref(), &wanted, &merged, &live).await?;
     announce(&pctx.ctx, &pool, &previous.conditions, &wanted.conditions).await;
-    Ok(Action::requeue(RESYNC))
+    for event in &live.events {
+        tracing::info!(pool = %name, reason = event.reason, message = %event.message, "live change");
+        publish(&pctx.ctx, &pool, event).await;
+    }
+    Ok(Action::requeue(next))
+}
+
+/// Re-check interval while a live change runs.
+const LIVE_RECHECK: Duration = Duration::from_secs(2);
+
+async fn publish(ctx: &Context, pool: &IPPool, event: &LiveEvent) {
+    let event = Event {
+        type_: if event.warning { EventType::Warning } else { EventType::Normal },
+        reason: event.reason.to_string(),
+        note: Some(event.message.clone()),
+        action: "LiveChange".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::warn!(pool = %pool.name_any(), reason = %event.reason, error = %e, "publishing an Event");
+    }
 }
 
 async fn caches_ready(pctx: &PoolContext) -> bool {
@@ -124,8 +151,8 @@ async fn caches_ready(pctx: &PoolContext) -> bool {
     matches!(tokio::time::timeout(CACHE_WAIT, ready).await, Ok(Ok(())))
 }
 
-/// Everything the pool's status depends on, from the caches.
-fn facts(pctx: &PoolContext, view: &PoolView) -> PoolFacts {
+/// Everything the pool's status depends on, from the caches, and the live change's step.
+fn facts(pctx: &PoolContext, view: &PoolView, pool: &IPPool, previous: &IPPoolStatus) -> (PoolFacts, LiveStep) {
     let nodes: NodeLabels =
         pctx.nodes.state().iter().map(|n| (n.name_any(), n.labels().clone().into_iter().collect())).collect();
     let mut views = Vec::new();
@@ -151,7 +178,36 @@ fn facts(pctx: &PoolContext, view: &PoolView) -> PoolFacts {
         .map(|n| (n.name_any(), n.status.as_ref().map(|s| s.pools.clone()).unwrap_or_default()))
         .collect();
     let selected = view.selected(&nodes);
-    PoolFacts {
+    let timeout = Duration::from_secs(pctx.ctx.config.live_change_timeout);
+    let live = live_change::step(&LiveFacts {
+        pool: &view.name,
+        target: pool.spec.live_settings(view.generation),
+        phased: pool.phased(),
+        active: previous.active.clone(),
+        transition: previous.transition.clone(),
+        nodes: &node_names,
+        reports: &applied,
+        now: Timestamp::now(),
+        timeout,
+    });
+    let mut convergence = convergence(&view.name, view.generation, &selected, &applied);
+    let summary = live.transition.as_ref().map(|t| {
+        // During a change READY counts the selected nodes that reached its phase.
+        let waiting: BTreeSet<&String> = live.waiting.iter().map(|(n, _)| n).collect();
+        convergence.lagging = selected.iter().filter(|n| waiting.contains(n)).cloned().collect();
+        convergence.converged = selected.len() - convergence.lagging.len();
+        convergence.errors.clear();
+        LiveSummary {
+            change: format!(
+                "{} (natOutgoing {}) -> {} (natOutgoing {})",
+                t.from, t.from_nat_outgoing, t.to, t.to_nat_outgoing
+            ),
+            phase: t.phase.clone(),
+            stalled: live.stalled.clone(),
+            timeout_secs: timeout.as_secs(),
+        }
+    });
+    let facts = PoolFacts {
         generation: view.generation,
         cidr: view.cidr.to_string(),
         block_prefix: view.block_prefix,
@@ -159,37 +215,51 @@ fn facts(pctx: &PoolContext, view: &PoolView) -> PoolFacts {
         selector_error: view.selector.as_ref().err().cloned(),
         starved: plan.starved.remove(&view.name).unwrap_or_default(),
         unsupported: view.unsupported.clone(),
-        convergence: convergence(&view.name, view.generation, &selected, &applied),
-    }
+        convergence,
+        live: summary,
+    };
+    (facts, live)
 }
 
 /// Whether the status differs from what is stored (transition times aside).
 fn changed(
-    previous: &trellis_api::IPPoolStatus,
+    previous: &IPPoolStatus,
     wanted: &PoolStatusView,
     merged: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    live: &LiveStep,
 ) -> bool {
     previous.observed_generation != Some(wanted.observed_generation)
         || previous.nodes_selected != Some(wanted.nodes_selected)
         || previous.nodes_converged != Some(wanted.nodes_converged)
         || previous.ready.as_deref() != Some(wanted.ready.as_str())
         || previous.conditions != merged
+        || previous.active != live.active
+        || previous.transition != live.transition
 }
 
 async fn write_status(
     ctx: &Context,
     name: &str,
+    resource_version: Option<&str>,
     wanted: &PoolStatusView,
     merged: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    live: &LiveStep,
 ) -> Result<()> {
-    // A merge patch of only these fields: `transition` belongs to the live-change driver.
-    let patch = json!({"status": {
-        "observedGeneration": wanted.observed_generation,
-        "nodesSelected": wanted.nodes_selected,
-        "nodesConverged": wanted.nodes_converged,
-        "ready": wanted.ready,
-        "conditions": merged,
-    }});
+    // A merge patch of only these fields, guarded by the resourceVersion the decision was
+    // made from: a phase decided from a stale cache must not overwrite a newer one (409 →
+    // retried from fresh state).
+    let patch = json!({
+        "metadata": { "resourceVersion": resource_version },
+        "status": {
+            "observedGeneration": wanted.observed_generation,
+            "nodesSelected": wanted.nodes_selected,
+            "nodesConverged": wanted.nodes_converged,
+            "ready": wanted.ready,
+            "conditions": merged,
+            "active": live.active,
+            "transition": live.transition,
+        }
+    });
     let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     Api::<IPPool>::all(ctx.client.clone())
         .patch_status(name, &pp, &Patch::Merge(&patch))
@@ -208,7 +278,7 @@ async fn announce(
 ) {
     // Degraded repeats CIDROverlap and BlocksExhausted, which have Events of their own.
     let worth = |w: &&Desired| {
-        [CIDR_OVERLAP, BLOCKS_EXHAUSTED, UNSUPPORTED_FIELDS].contains(&w.type_)
+        [CIDR_OVERLAP, BLOCKS_EXHAUSTED, UNSUPPORTED_FIELDS, LIVE_CHANGE_STALLED].contains(&w.type_)
             || (w.type_ == conditions::DEGRADED && w.reason != CIDR_OVERLAP && w.reason != BLOCKS_EXHAUSTED)
     };
     for w in wanted.iter().filter(worth) {

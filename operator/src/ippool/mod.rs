@@ -4,9 +4,13 @@
 //! it from the cluster and writes the result.
 
 mod convergence;
+pub mod live_change;
 mod overlap;
 mod status;
 
 pub use convergence::{Convergence, convergence};
 pub use overlap::{PoolAge, older_overlapping};
-pub use status::{BLOCKS_EXHAUSTED, CIDR_OVERLAP, PoolFacts, PoolStatusView, UNSUPPORTED_FIELDS, pool_status};
+pub use status::{
+    BLOCKS_EXHAUSTED, CIDR_OVERLAP, LIVE_CHANGE_STALLED, LiveSummary, PoolFacts, PoolStatusView, UNSUPPORTED_FIELDS,
+    pool_status,
+};

@@ -11,6 +11,8 @@ pub const CIDR_OVERLAP: &str = "CIDROverlap";
 pub const BLOCKS_EXHAUSTED: &str = "BlocksExhausted";
 /// The pool sets Calico fields Trellis accepts but does not act on yet.
 pub const UNSUPPORTED_FIELDS: &str = "UnsupportedFields";
+/// A live change waits longer than the timeout for nodes to report its phase.
+pub const LIVE_CHANGE_STALLED: &str = "LiveChangeStalled";
 use super::convergence::Convergence;
 
 /// Everything the status of one pool depends on.
@@ -28,6 +30,20 @@ pub struct PoolFacts {
     /// Accepted settings Trellis does not act on yet (human messages).
     pub unsupported: Vec<String>,
     pub convergence: Convergence,
+    /// The live change in progress, if any.
+    pub live: Option<LiveSummary>,
+}
+
+/// A running live change, as the conditions describe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveSummary {
+    /// `None (natOutgoing false) -> VXLAN/Always (natOutgoing false)`.
+    pub change: String,
+    pub phase: String,
+    /// Nodes waited for longer than the timeout, with why.
+    pub stalled: Vec<(String, String)>,
+    /// The timeout in seconds.
+    pub timeout_secs: u64,
 }
 
 /// The status fields the IPPool controller owns (`transition` is not among them).
@@ -121,7 +137,37 @@ pub fn pool_status(facts: &PoolFacts) -> PoolStatusView {
         None => Desired::new(DEGRADED, false, "AsExpected", "no problems"),
     };
 
-    let progressing = if c.lagging.is_empty() {
+    let stalled = match &facts.live {
+        Some(live) if !live.stalled.is_empty() => {
+            let nodes: Vec<String> = live.stalled.iter().map(|(n, why)| format!("{n} ({why})")).collect();
+            Desired::new(
+                LIVE_CHANGE_STALLED,
+                true,
+                "NodesNotReporting",
+                format!(
+                    "the change {} is paused in phase {}: {} did not report the phase within {} s: {}; it goes on \
+                     when they report or are deleted, or at once with the annotation trellis.dev/live-change: direct",
+                    live.change,
+                    live.phase,
+                    count(live.stalled.len()),
+                    live.timeout_secs,
+                    listed(&nodes)
+                ),
+            )
+        }
+        _ => Desired::new(LIVE_CHANGE_STALLED, false, "NotStalled", "no live change waits beyond its timeout"),
+    };
+
+    let progressing = if let Some(live) = &facts.live {
+        let waiting =
+            if c.lagging.is_empty() { String::new() } else { format!("; waiting for {}", listed(&c.lagging)) };
+        Desired::new(
+            PROGRESSING,
+            true,
+            "LiveChange",
+            format!("{}: phase {}, {converged}/{selected} selected nodes there{waiting}", live.change, live.phase),
+        )
+    } else if c.lagging.is_empty() {
         Desired::new(
             PROGRESSING,
             false,
@@ -174,7 +220,7 @@ pub fn pool_status(facts: &PoolFacts) -> PoolStatusView {
         nodes_selected: selected,
         nodes_converged: converged,
         ready: format!("{converged}/{selected}"),
-        conditions: vec![ready, progressing, degraded, overlap, exhausted, unsupported],
+        conditions: vec![ready, progressing, degraded, overlap, exhausted, unsupported, stalled],
     }
 }
 
@@ -287,6 +333,26 @@ mod tests {
             assert_eq!(cond(&s, "CIDROverlap").status, f.overlaps.is_some(), "{name}");
             assert_eq!(cond(&s, "BlocksExhausted").status, !f.starved.is_empty(), "{name}");
         }
+    }
+
+    #[test]
+    fn a_live_change_is_progress_and_a_stall_names_the_nodes() {
+        let live = LiveSummary {
+            change: "None (natOutgoing false) -> VXLAN/Always (natOutgoing false)".into(),
+            phase: "Receive".into(),
+            stalled: vec![],
+            timeout_secs: 60,
+        };
+        let s = pool_status(&PoolFacts { live: Some(live.clone()), ..facts(3, 1) });
+        let p = cond(&s, "Progressing");
+        assert_eq!((p.status, p.reason.as_str()), (true, "LiveChange"));
+        assert!(p.message.contains("phase Receive, 1/3"), "{}", p.message);
+        assert!(!cond(&s, LIVE_CHANGE_STALLED).status);
+        let stalled = LiveSummary { stalled: vec![("n2".into(), "no report for this pool".into())], ..live };
+        let s = pool_status(&PoolFacts { live: Some(stalled), ..facts(3, 2) });
+        let c = cond(&s, LIVE_CHANGE_STALLED);
+        assert!(c.status);
+        assert!(c.message.contains("paused in phase Receive") && c.message.contains("n2 (no report"), "{}", c.message);
     }
 
     #[test]

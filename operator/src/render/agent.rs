@@ -143,8 +143,14 @@ pub fn cluster_role_rules() -> Vec<PolicyRule> {
     };
     let read = ["get", "list", "watch"];
     vec![
-        rule(&[trellis_api::GROUP], &["ippools", "ipamblocks", "nodenetworks", "installations"], &read),
-        rule(&[""], &["nodes"], &read),
+        rule(
+            &[trellis_api::GROUP],
+            &["ippools", "ipamblocks", "nodenetworks", "installations", "globalnetworkpolicies"],
+            &read,
+        ),
+        // Nodes for the node's identity; pods, namespaces and network policies for policy.
+        rule(&[""], &["nodes", "pods", "namespaces"], &read),
+        rule(&["networking.k8s.io"], &["networkpolicies"], &read),
         rule(&[trellis_api::GROUP], &["nodenetworks", "nodenetworks/status"], &["create", "update", "patch"]),
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
     ]
@@ -426,6 +432,14 @@ mod tests {
             }
         }
         assert!(allows("", "nodes", "watch"));
+        for (group, res) in [
+            ("", "pods"),
+            ("", "namespaces"),
+            ("networking.k8s.io", "networkpolicies"),
+            ("trellis.dev", "globalnetworkpolicies"),
+        ] {
+            assert!(allows(group, res, "watch") && !allows(group, res, "patch"), "policy reads {res}, never writes it");
+        }
         assert!(allows("trellis.dev", "nodenetworks/status", "patch"));
         assert!(allows("events.k8s.io", "events", "create"));
         assert!(!allows("trellis.dev", "ippools", "patch"), "the agent never writes pools");

@@ -177,3 +177,101 @@ fn mtu_is_read_from_tigeras_calico_network_spelling_too() {
     let got = snapshot_from_cluster(&me(), &[], &[], &[], Some(&tigera), &settings()).unwrap();
     assert_eq!(got.snapshot.mtu, Some(1410));
 }
+
+fn with_status(pool: Arc<IPPool>, f: impl FnOnce(&mut trellis_api::IPPoolStatus)) -> Arc<IPPool> {
+    let mut pool = (*pool).clone();
+    let mut status = pool.status.take().unwrap_or_default();
+    f(&mut status);
+    pool.status = Some(status);
+    Arc::new(pool)
+}
+
+fn condition(type_: &str, status: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: "R".into(),
+        message: String::new(),
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        observed_generation: None,
+    }
+}
+
+#[test]
+fn allowed_uses_are_carried_into_the_snapshot() {
+    use trellis_api::ip_pool::AllowedUse;
+    let pools = vec![pool("p", "10.244.0.0/16", 1, |s| s.allowed_uses = Some(vec![AllowedUse::Workload]))];
+    let got = snapshot_from_cluster(&me(), &pools, &[], &[], None, &settings()).unwrap();
+    assert!(got.snapshot.pools[0].allows_workload());
+    assert!(!got.snapshot.pools[0].allows_tunnel());
+}
+
+#[test]
+fn a_pool_the_operator_found_overlapping_is_not_used() {
+    let pools = vec![
+        pool("old", "10.244.0.0/16", 1, |_| {}),
+        with_status(pool("new", "10.244.0.0/24", 1, |_| {}), |s| s.conditions.push(condition("CIDROverlap", "True"))),
+        with_status(pool("fine", "10.245.0.0/16", 1, |_| {}), |s| s.conditions.push(condition("CIDROverlap", "False"))),
+    ];
+    let got = snapshot_from_cluster(&me(), &pools, &[], &[], None, &settings()).unwrap();
+    let names: Vec<&str> = got.snapshot.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["fine", "old"]);
+    assert!(got.warnings.iter().any(|w| w.contains("IPPool new") && w.contains("CIDROverlap")), "{:?}", got.warnings);
+}
+
+#[test]
+fn a_live_change_runs_the_settings_the_operator_says() {
+    use crate::model::{Encapsulation, Phase};
+    use crate::snapshot::PoolTransition;
+    use trellis_api::ip_pool::{ActiveSettings, LIVE_CHANGE_ANNOTATION, Transition};
+    let patched = || {
+        pool("p", "10.244.0.0/16", 5, |s| {
+            s.vxlan_mode = Some(EncapMode::Always);
+            s.nat_outgoing = Some(true);
+        })
+    };
+    let active = |s: &mut trellis_api::IPPoolStatus| {
+        s.active = Some(ActiveSettings { generation: 4, encapsulation: "None".into(), nat_outgoing: false })
+    };
+    let pool_of = |p: Arc<IPPool>| {
+        snapshot_from_cluster(&me(), &[p], &[], &[], None, &settings()).map(|c| c.snapshot.pools[0].clone())
+    };
+
+    // No operator has looked at the pool yet: the spec, at once.
+    let p = pool_of(patched()).unwrap();
+    assert_eq!((p.vxlan_mode, p.nat_outgoing, p.transition), (EncapMode::Always, true, None));
+
+    // A newer spec waits at the active settings until the operator starts the change.
+    let p = pool_of(with_status(patched(), active)).unwrap();
+    assert_eq!((p.vxlan_mode, p.nat_outgoing, p.transition), (EncapMode::Never, false, None));
+
+    // In a change: the target, the settings being left and the phase.
+    let in_change = |phase: &str| {
+        with_status(patched(), |s| {
+            active(s);
+            s.transition = Some(Transition {
+                from: "None".into(),
+                to: "VXLAN/CrossSubnet".into(),
+                from_nat_outgoing: false,
+                to_nat_outgoing: true,
+                generation: 5,
+                phase: phase.into(),
+                ..Default::default()
+            });
+        })
+    };
+    let p = pool_of(in_change("Switch")).unwrap();
+    assert_eq!((p.vxlan_mode, p.nat_outgoing), (EncapMode::CrossSubnet, true), "the transition's target");
+    assert_eq!(
+        p.transition,
+        Some(PoolTransition { from: Encapsulation::None, from_nat_outgoing: false, phase: Phase::Switch })
+    );
+    let err = pool_of(in_change("Sideways")).unwrap_err();
+    assert!(err.to_string().contains("Sideways"), "{err}");
+
+    // Phases off: the spec, whatever the status says.
+    let mut direct = (*in_change("Receive")).clone();
+    direct.metadata.annotations = Some([(LIVE_CHANGE_ANNOTATION.to_string(), "direct".to_string())].into());
+    let p = pool_of(Arc::new(direct)).unwrap();
+    assert_eq!((p.vxlan_mode, p.nat_outgoing, p.transition), (EncapMode::Always, true, None));
+}
