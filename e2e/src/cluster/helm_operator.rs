@@ -167,7 +167,9 @@ impl OperatorInstall for HelmOperator {
         let specs = container::resolve(&template, &facts).map_err(|e| Error::Setup(e.to_string()))?;
         let spec = specs.first().ok_or_else(|| Error::Setup("no container resolved".into()))?;
         let mut run = self.runtime.run_spec_on(Network::Host, spec)?;
-        run.name = format!("{}-{pod}", env.dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+        // Named after the cluster's directory (unique per cluster, found again by `lab down`).
+        let cluster_dir = env.dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+        run.name = format!("{}-{pod}", cluster_dir.unwrap_or_default());
         run.user = user;
         run.read_only_root = read_only_root;
         let started = run.start()?;
