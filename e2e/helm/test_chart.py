@@ -43,6 +43,17 @@ EXPECTED_CLUSTER_RULES = [
         "resourceNames": ["trellis-agent"],
         "verbs": ["patch"],
     },
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+        "verbs": ["list", "watch", "create"],
+    },
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+        "resourceNames": ["trellis-agent-own-nodenetwork"],
+        "verbs": ["patch"],
+    },
 ]
 
 EXPECTED_ROLE_RULES = [

@@ -123,6 +123,31 @@ impl ApiServer {
         self.client.clone()
     }
 
+    /// A client that acts as `user` through the API server's impersonation headers
+    /// (`Impersonate-User`, `Impersonate-Extra-*`, what `kubectl --as` sends). A service
+    /// account's token bound to a pod carries the pod's node as user-info extra
+    /// `authentication.kubernetes.io/node-name`; `extra` plays that part.
+    pub async fn impersonating(&self, user: &str, extra: &[(&str, &str)]) -> Result<Client> {
+        let file = Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|e| ApiError::Kubeconfig { path: self.kubeconfig.clone(), detail: e.to_string() })?;
+        let mut config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| ApiError::Kubeconfig { path: self.kubeconfig.clone(), detail: e.to_string() })?;
+        let header = |name: String, value: &str| {
+            let name = http::HeaderName::try_from(name).map_err(|e| ApiError::Manifest(e.to_string()))?;
+            let value = http::HeaderValue::try_from(value).map_err(|e| ApiError::Manifest(e.to_string()))?;
+            Ok::<_, ApiError>((name, value))
+        };
+        config.headers.push(header("Impersonate-User".into(), user)?);
+        for (key, value) in extra {
+            // Header names cannot hold '/': the key is percent-encoded, as kubectl does.
+            config
+                .headers
+                .push(header(format!("Impersonate-Extra-{}", key.replace('%', "%25").replace('/', "%2F")), value)?);
+        }
+        Client::try_from(config).map_err(|e| ApiError::kube("building the impersonating kube client", e))
+    }
+
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }

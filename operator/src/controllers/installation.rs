@@ -6,8 +6,10 @@
 //!    GitOps tool owns the spec and would fight every write.
 //! 3. the IPPools of `spec.network.ipPools` ([`crate::pools`]): create the missing ones, carry
 //!    later entry changes without reverting direct patches.
-//! 4. the node agent's ServiceAccount, ClusterRole(Binding) and DaemonSet ([`crate::render`]),
-//!    server-side-applied under the field manager `trellis-operator`.
+//! 4. the node agent's ServiceAccount, ClusterRole(Binding), the admission policy that keeps
+//!    each agent to its own NodeNetwork, and the DaemonSet ([`crate::render`]),
+//!    server-side-applied under the field manager `trellis-operator`. The controller owns the
+//!    DaemonSet and the policy objects: deleting one brings a reconcile that re-applies it.
 //! 5. status: computed spec, effective MTU, observedGeneration, Ready/Progressing/Degraded.
 //!
 //! Every decision a user wants to see is an Event on the Installation (pool created, change
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ObjectReference, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -37,6 +40,7 @@ use trellis_api::{defaults, overlap};
 use crate::conditions::{self, DEGRADED, Desired, IGNORED_SETTINGS, PROGRESSING, READY};
 use crate::pools::{self, ExistingPool, PoolStep};
 use crate::render::agent::{self, AGENT_NAME, AgentInputs, AgentObjects};
+use crate::render::agent_policy::{self, POLICY_NAME, PolicyInputs, PolicyObjects};
 use crate::{Context, Error, FIELD_MANAGER, Result, Stop};
 
 /// Name of this controller in logs and metrics.
@@ -54,7 +58,9 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
     let created =
         watcher::Config::default().labels(&format!("{}={}", pools::CREATED_BY_LABEL, pools::CREATED_BY_INSTALLATION));
     let controller = Controller::new(Api::<Installation>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<DaemonSet>::namespaced(client.clone(), &ctx.config.namespace), managed)
+        .owns(Api::<DaemonSet>::namespaced(client.clone(), &ctx.config.namespace), managed.clone())
+        .owns(Api::<ValidatingAdmissionPolicy>::all(client.clone()), managed.clone())
+        .owns(Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()), managed)
         .watches(Api::<IPPool>::all(client.clone()), created, move |_| singleton())
         .watches(Api::<NodeNetwork>::all(client), watcher::Config::default(), move |_| singleton())
         .graceful_shutdown_on(stop);
@@ -118,7 +124,11 @@ async fn reconcile_installation(inst: Arc<Installation>, ctx: Arc<Context>) -> R
 
     // 4: the agent's objects.
     let objects = agent::render(&agent_inputs(&ctx, &inst, &computed));
-    let daemon_set = apply_agent(&ctx, &inst, &objects).await?;
+    let policy = agent_policy::render(&PolicyInputs {
+        namespace: ctx.config.namespace.clone(),
+        owner: inst.controller_owner_ref(&()),
+    });
+    let daemon_set = apply_agent(&ctx, &inst, &objects, &policy).await?;
 
     // 5: status.
     let node_mtus = node_mtus(&ctx).await?;
@@ -247,7 +257,12 @@ async fn sync_pools(
 }
 
 /// Server-side-applies the agent's objects; returns the DaemonSet as stored.
-async fn apply_agent(ctx: &Context, inst: &Installation, objects: &AgentObjects) -> Result<DaemonSet> {
+async fn apply_agent(
+    ctx: &Context,
+    inst: &Installation,
+    objects: &AgentObjects,
+    policy: &PolicyObjects,
+) -> Result<DaemonSet> {
     let ns = &ctx.config.namespace;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     ctx.ensure_leader()?;
@@ -263,6 +278,15 @@ async fn apply_agent(ctx: &Context, inst: &Installation, objects: &AgentObjects)
         .patch(AGENT_NAME, &pp, &Patch::Apply(&objects.cluster_role_binding))
         .await
         .map_err(|e| Error::kube(format!("applying ClusterRoleBinding {AGENT_NAME}"), e))?;
+    // Before the DaemonSet: no agent runs before it is limited to its own NodeNetwork.
+    Api::<ValidatingAdmissionPolicy>::all(ctx.client.clone())
+        .patch(POLICY_NAME, &pp, &Patch::Apply(&policy.policy))
+        .await
+        .map_err(|e| Error::kube(format!("applying ValidatingAdmissionPolicy {POLICY_NAME}"), e))?;
+    Api::<ValidatingAdmissionPolicyBinding>::all(ctx.client.clone())
+        .patch(POLICY_NAME, &pp, &Patch::Apply(&policy.binding))
+        .await
+        .map_err(|e| Error::kube(format!("applying ValidatingAdmissionPolicyBinding {POLICY_NAME}"), e))?;
 
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
     let before =

@@ -88,7 +88,7 @@ pub fn selector_labels() -> BTreeMap<String, String> {
     BTreeMap::from([("app.kubernetes.io/name".to_string(), AGENT_NAME.to_string())])
 }
 
-fn labels() -> BTreeMap<String, String> {
+pub(crate) fn labels() -> BTreeMap<String, String> {
     let mut l = selector_labels();
     l.insert(crate::MANAGED_BY_LABEL.into(), crate::MANAGED_BY.into());
     l
