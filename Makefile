@@ -14,9 +14,13 @@ KVM := $(CURDIR)/e2e/testbed/kernel-vm
 CARGO ?= cargo
 # The Helm tests call libhelm through PyPI's helm-python-sdk (.ci/run installs it with pytest).
 PYTEST ?= python3 -m pytest
+# The binaries `build` made, for the tests that start agents and operators: without these the
+# tests run `cargo build -p ...`, whose per-package feature set rebuilds shared dependencies
+# and invalidates the workspace's test artifacts.
+BIN_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
 export KAPI_STATE ?= /tmp/trellis-kapi-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 
-.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean images lab lab-down
+.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean bench bench-smoke images lab lab-down
 
 all: build
 
@@ -47,6 +51,7 @@ test-root: build
 	  trap '$(KAPI) stop' EXIT; trap 'exit 130' INT TERM; \
 	  KUBECONFIG=$$($(KAPI) restart); export KUBECONFIG; \
 	  echo "test-root: API server up, KUBECONFIG=$$KUBECONFIG"; \
+	  export TRELLIS_AGENT_BIN=$(BIN_DIR)/trellis-agent TRELLIS_OPERATOR_BIN=$(BIN_DIR)/trellis-operator; \
 	  $(CARGO) test --workspace -- --ignored --skip vm_; \
 	  $(PYTEST) -q -p no:cacheprovider e2e/helm/test_release.py
 
@@ -83,6 +88,23 @@ lab:
 lab-down:
 	@[ "$$(id -u)" = 0 ] || { echo "make lab-down needs root"; exit 1; }
 	@$(CARGO) build -q -p trellis-e2e --bin lab && $(CURDIR)/target/debug/lab down
+
+# Benchmarks (root, a quiet machine): release builds of the agent, the operator and the
+# trellis-bench runner, which measures every figure next to its reference in the same run and
+# writes docs/benchmarks.md. `make bench-smoke` runs each benchmark once at a small size (debug
+# builds, report to stdout): it proves they work; `make test-root` runs it as a root test.
+TARGET_DIR ?= $(CURDIR)/target
+bench:
+	@[ "$$(id -u)" = 0 ] || { echo "bench needs root (network namespaces)"; exit 1; }
+	$(CARGO) build --release -p trellis-agent -p trellis-operator -p trellis-bench
+	TRELLIS_AGENT_BIN=$(TARGET_DIR)/release/trellis-agent TRELLIS_OPERATOR_BIN=$(TARGET_DIR)/release/trellis-operator \
+	  $(TARGET_DIR)/release/trellis-bench --profile release --command "make bench" --out docs/benchmarks.md
+
+bench-smoke:
+	@[ "$$(id -u)" = 0 ] || { echo "bench-smoke needs root (network namespaces)"; exit 1; }
+	$(CARGO) build -p trellis-agent -p trellis-operator -p trellis-bench
+	TRELLIS_AGENT_BIN=$(TARGET_DIR)/debug/trellis-agent TRELLIS_OPERATOR_BIN=$(TARGET_DIR)/debug/trellis-operator \
+	  $(TARGET_DIR)/debug/trellis-bench --smoke --profile debug --command "make bench-smoke"
 
 clean:
 	$(CARGO) clean

@@ -17,6 +17,17 @@ use crate::cmd;
 use crate::error::{Error, Result};
 use crate::netns;
 
+/// `TRELLIS_E2E_TIME_SCALE` (default 1): how much slower than a normal host this machine is;
+/// the VM runner sets it (its CPU is emulated). Bounds of waits are multiplied by it.
+pub fn time_scale() -> u32 {
+    std::env::var("TRELLIS_E2E_TIME_SCALE").ok().and_then(|v| v.parse().ok()).filter(|s| *s > 0).unwrap_or(1)
+}
+
+/// `d` times [`time_scale`], for bounds of waits.
+pub fn scaled(d: Duration) -> Duration {
+    d * time_scale()
+}
+
 /// Polls `check` until it yields a value or `timeout` passes. `check` returns `Err(text)`
 /// describing the last observation while the condition does not hold.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> Result<T> {
@@ -28,6 +39,24 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> R
                 return Err(Error::Timeout { what: what.to_string(), waited: start.elapsed(), last });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// [`wait_until`] for asynchronous checks (API calls), polling every 200 ms on tokio's timer.
+pub async fn wait_until_async<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(last) if start.elapsed() >= timeout => {
+                return Err(Error::Timeout { what: what.to_string(), waited: start.elapsed(), last });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }
@@ -162,7 +191,8 @@ impl Capture {
             }
         });
         let mut capture = Capture { child: Some(child), what: what.clone(), lines, reader: Some(reader) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let limit = scaled(Duration::from_secs(10));
+        let deadline = Instant::now() + limit;
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -173,7 +203,7 @@ impl Capture {
                     capture.kill();
                     return Err(Error::Timeout {
                         what: format!("{what} to start listening"),
-                        waited: Duration::from_secs(10),
+                        waited: limit,
                         last: seen.join("\n"),
                     });
                 }

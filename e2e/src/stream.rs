@@ -481,6 +481,19 @@ pub struct StreamReport {
 }
 
 impl StreamReport {
+    /// Datagrams lost among those sent from `offset` (since the stream started) on.
+    pub fn lost_after(&self, offset: Duration) -> u64 {
+        let interval = Duration::from_nanos(1_000_000_000 / u64::from(self.rate));
+        self.udp
+            .loss_windows
+            .iter()
+            .map(|(at, n)| {
+                let skipped = if *at >= offset { 0 } else { ((offset - *at).as_nanos() / interval.as_nanos()) as u64 };
+                n.saturating_sub(skipped)
+            })
+            .sum()
+    }
+
     /// When the last loss window ended, since the stream started (zero without loss).
     pub fn loss_ended_at(&self) -> Duration {
         let interval = Duration::from_nanos(1_000_000_000 / u64::from(self.rate));
@@ -559,5 +572,25 @@ mod tests {
         assert_eq!(tail.loss_windows, vec![(2 * ms, 3)]);
         let nothing = analyse(3, &[], ms);
         assert_eq!((nothing.lost, nothing.longest_gap_packets), (3, 3));
+    }
+
+    #[test]
+    fn loss_after_an_instant_counts_only_the_later_part_of_a_window() {
+        let ms = Duration::from_millis(1);
+        let udp = analyse(10, &arrivals(&[0, 1, 6, 9]), ms);
+        assert_eq!(udp.loss_windows, vec![(2 * ms, 4), (7 * ms, 2)]);
+        let report = StreamReport {
+            label: "a -> b".into(),
+            rate: 1000,
+            duration: 10 * ms,
+            udp,
+            send_errors: 0,
+            last_send_error: None,
+            tcp: TcpReport::default(),
+        };
+        assert_eq!(report.lost_after(Duration::ZERO), 6);
+        assert_eq!(report.lost_after(4 * ms), 4, "4, 5, 7, 8");
+        assert_eq!(report.lost_after(8 * ms), 1);
+        assert_eq!(report.loss_ended_at(), 9 * ms);
     }
 }

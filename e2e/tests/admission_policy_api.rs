@@ -7,7 +7,7 @@
 //! labelled for this test (objectSelector), in a namespace of its own.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
@@ -114,19 +114,12 @@ fn refusal(result: Result<(), KubeError>) -> Result<kube::core::Status, String> 
     }
 }
 
-async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
+async fn wait_for<T, F, Fut>(what: &str, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match probe().await {
-            Ok(v) => return Ok(v),
-            Err(last) if Instant::now() >= deadline => bail!("gave up after {WAIT:?} waiting for {what}; last: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    Ok(trellis_e2e::probe::wait_until_async(what, WAIT, probe).await?)
 }
 
 #[tokio::test]

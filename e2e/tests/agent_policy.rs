@@ -8,9 +8,9 @@
 //! its own namespace, and the cluster-wide objects are removed before and after.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -164,21 +164,12 @@ async fn denied(bed: &Bed, own: &str, other: &str) -> Result<kube::core::Status>
     denial(publish(&agent, other).await).map_err(anyhow::Error::msg)
 }
 
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe().await {
-            Ok(v) => return Ok(v),
-            Err(last) if Instant::now() >= deadline => {
-                bail!("gave up after {timeout:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    Ok(trellis_e2e::probe::wait_until_async(what, timeout, probe).await?)
 }
 
 #[tokio::test]

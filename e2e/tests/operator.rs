@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -157,21 +157,12 @@ impl Drop for Bed {
 }
 
 /// Polls `probe` until it returns Ok or `timeout` passes; the error names the last observation.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe().await {
-            Ok(v) => return Ok(v),
-            Err(last) if Instant::now() >= deadline => {
-                bail!("gave up after {timeout:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    Ok(trellis_e2e::probe::wait_until_async(what, timeout, probe).await?)
 }
 
 fn spec_json(pool: &IPPool) -> Value {

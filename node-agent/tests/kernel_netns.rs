@@ -359,6 +359,48 @@ fn refused_route_rolls_back_the_new_peers_neighbour_and_fdb() {
 
 #[test]
 #[ignore = "root: netlink in network namespaces"]
+fn refusals_in_a_batch_of_many_windows_are_reported_against_their_own_changes() {
+    let ns = node("many");
+    // 253 peers: 759 neighbour/FDB/route requests, several pipeline windows. Every 50th
+    // peer's route is not onlink with a gateway on no subnet, so the kernel refuses it.
+    let refused: Vec<u8> = (2..=254).filter(|n| n % 50 == 7).collect();
+    let peers: Vec<(u8, u8, String)> = (2..=254).map(|n| (n, 0, format!("10.244.{n}.0/26"))).collect();
+    let wanted = refused.clone();
+    let report = ns.block_on(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        converge(&kernel, &desired(4096, &[])).await;
+        let list: Vec<(u8, u8, &str)> = peers.iter().map(|(n, s, b)| (*n, *s, b.as_str())).collect();
+        let mut d = desired(4096, &list);
+        for n in wanted {
+            let dst: IpNet = format!("10.244.{n}.0/26").parse().unwrap();
+            let gateway = format!("10.244.{n}.0").parse().unwrap();
+            d.routes.insert(dst, Route { dst, kind: RouteKind::Unicast { gateway, dev: VX.into(), onlink: false } });
+        }
+        let changes = diff(&kernel.read(VX).await.unwrap(), &d);
+        apply(&kernel, &changes).await
+    });
+    let failed: Vec<String> = report
+        .failed
+        .iter()
+        .map(|f| match &f.change {
+            Change::AddRoute(r) => {
+                assert!(f.error.errno().is_some(), "{}", f.error);
+                r.dst.to_string()
+            }
+            other => panic!("unexpected failure {other}: {}", f.error),
+        })
+        .collect();
+    let want: Vec<String> = refused.iter().map(|n| format!("10.244.{n}.0/26")).collect();
+    assert_eq!(failed, want);
+    assert_eq!(report.applied.len(), 253 * 3 - refused.len(), "every other change applied");
+    assert_eq!(report.rolled_back.len(), 2 * refused.len(), "{:#?}", report.rolled_back);
+    assert_eq!(ns.neighbours().len(), 253 - refused.len());
+    assert_eq!(ns.fdb().len(), 253 - refused.len());
+    assert_eq!(ns.our_routes().len(), 1 + 253 - refused.len());
+}
+
+#[test]
+#[ignore = "root: netlink in network namespaces"]
 fn rollback_keeps_the_neighbour_and_fdb_an_existing_route_still_uses() {
     let ns = node("rollback-keep");
     ns.block_on(|| async {

@@ -146,6 +146,20 @@ impl Kubelet {
         self.state().pods.get(node).map(|p| p.spec.clone())
     }
 
+    /// `node`'s running container (runtime identity, e.g. with its pid), if any.
+    pub fn container(&self, node: &str) -> Option<String> {
+        self.state().pods.get(node).map(|p| p.container.describe())
+    }
+
+    /// Kills `node`'s container at once, like a crash; the kubelet restarts it after
+    /// [`CRASH_BACKOFF`].
+    pub fn kill(&self, node: &str) -> Result<()> {
+        let mut state = self.state();
+        let pod = state.pods.get_mut(node).ok_or_else(|| Error::Setup(format!("no pod on {node}")))?;
+        pod.container.kill();
+        Ok(())
+    }
+
     /// How often `node`'s pod was restarted after exiting.
     pub fn restarts(&self, node: &str) -> u32 {
         self.state().restarts.get(node).copied().unwrap_or(0)

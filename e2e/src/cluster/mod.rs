@@ -60,6 +60,7 @@ use crate::error::{Error, Result};
 use crate::forward::LoopbackForward;
 use crate::kapi::PrivateApiServer;
 use crate::probe;
+pub use crate::probe::{scaled, time_scale};
 use crate::topology::Topology;
 
 /// The operator's namespace.
@@ -70,7 +71,8 @@ pub const AGENT_DAEMONSET: &str = "trellis-agent";
 pub const POD_CIDR: &str = "10.244.0.0/16";
 /// Where the kubeconfig appears inside agent containers (`KUBECONFIG` points there).
 pub const CONTAINER_KUBECONFIG: &str = "/var/run/trellis/kubeconfig";
-/// Upper bound for the cluster to converge; every wait ends as soon as its condition holds.
+/// Upper bound for the cluster to converge (times [`time_scale`]); every wait ends as soon as its
+/// condition holds.
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// What to bring up.
@@ -337,7 +339,7 @@ impl Cluster {
         self.rt
             .block_on(nodes.delete(name, &DeleteParams::default()))
             .map_err(|e| kube_error(&format!("delete Node {name}"), e))?;
-        probe::wait_until(&format!("the kubelet to stop {name}'s agent"), WAIT, || {
+        probe::wait_until(&format!("the kubelet to stop {name}'s agent"), scaled(WAIT), || {
             if self.kubelet.pods().contains_key(name) { Err(self.kubelet.report()) } else { Ok(()) }
         })?;
         self.kubelet.unhost(name);
@@ -359,7 +361,7 @@ impl Cluster {
         let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let n = self.node(node)?.clone();
         let dir = self.cni_conf_dir(node)?;
-        let conflist = probe::wait_until(&format!("a CNI conflist in {}", dir.display()), WAIT, || {
+        let conflist = probe::wait_until(&format!("a CNI conflist in {}", dir.display()), scaled(WAIT), || {
             pod::read_conflist(&dir).map_err(|e| e.to_string())
         })?;
         self.rt
@@ -436,7 +438,7 @@ impl Cluster {
 
     /// Waits until the Installation is Ready for its generation and [`Cluster::wait_converged`].
     pub fn wait_ready(&self) -> Result<()> {
-        probe::wait_until("the Installation default Ready at its generation", WAIT, || {
+        probe::wait_until("the Installation default Ready at its generation", scaled(WAIT), || {
             let inst = self
                 .rt
                 .block_on(Api::<Installation>::all(self.client()).get_opt("default"))
@@ -458,12 +460,18 @@ impl Cluster {
     /// every node's NodeNetwork reports every enabled pool at the pool's current generation
     /// without error and Ready, and every pool's status says READY n/n for all n nodes.
     pub fn wait_converged(&self) -> Result<()> {
-        probe::wait_until("every node to apply every pool", WAIT, || self.converged()).map_err(|e| self.with_dump(e))
+        probe::wait_until("every node to apply every pool", scaled(WAIT), || self.converged())
+            .map_err(|e| self.with_dump(e))
     }
 
     /// [`Cluster::wait_converged`], and every node reports `encapsulation` for pool `pool`.
     pub fn wait_pool_mode(&self, pool: &str, encapsulation: &str) -> Result<()> {
-        probe::wait_until(&format!("every node to apply pool {pool} as {encapsulation}"), WAIT, || {
+        self.wait_pool_mode_within(pool, encapsulation, scaled(WAIT))
+    }
+
+    /// [`Cluster::wait_pool_mode`] with another bound (e.g. agents reconnecting after an outage).
+    pub fn wait_pool_mode_within(&self, pool: &str, encapsulation: &str, timeout: Duration) -> Result<()> {
+        probe::wait_until(&format!("every node to apply pool {pool} as {encapsulation}"), timeout, || {
             self.converged()?;
             let nns = self.node_networks().map_err(|e| e.to_string())?;
             for n in &self.nodes {

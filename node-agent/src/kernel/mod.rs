@@ -67,6 +67,16 @@ pub trait Kernel {
     /// Executes one change (idempotently where the kernel allows: replace, ENOENT on delete is
     /// success).
     async fn apply_one(&self, change: &Change) -> Result<(), KernelError>;
+    /// Executes `changes` in order, one result per change, as [`Kernel::apply_one`] would one
+    /// after the other (a refused change does not stop the rest). An implementation may keep
+    /// many requests in flight as long as the kernel sees them in this order.
+    async fn apply_many(&self, changes: &[Change]) -> Vec<Result<(), KernelError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        for change in changes {
+            results.push(self.apply_one(change).await);
+        }
+        results
+    }
     /// What this kernel can do. Never fails: a probe that errors means "no".
     async fn capabilities(&self) -> Capabilities;
     /// Whether this kernel can do one tunnel kind (probes only that kind; see
@@ -137,11 +147,11 @@ pub async fn apply_refusing<K: Kernel>(kernel: &K, changes: &[Change], refused: 
         tracing::error!(change = %failure.change, error = %failure.error, "change refused before the kernel");
         report.failed.push(failure);
     }
-    for change in changes {
-        if change.is_disruptive() {
-            tracing::warn!(%change, "disruptive change: traffic through this device stops until it is rebuilt");
-        }
-        match kernel.apply_one(change).await {
+    for change in changes.iter().filter(|c| c.is_disruptive()) {
+        tracing::warn!(%change, "disruptive change: traffic through this device stops until it is rebuilt");
+    }
+    for (change, result) in changes.iter().zip(kernel.apply_many(changes).await) {
+        match result {
             Ok(()) => {
                 tracing::info!(%change, "applied");
                 report.applied.push(change.clone());

@@ -7,10 +7,9 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_route::route::RouteMessage;
 
-const RT_TABLE_MAIN: u8 = 254;
+use crate::kernel::netlink::decode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterfaceError {
@@ -22,14 +21,6 @@ pub enum InterfaceError {
         #[source]
         source: rtnetlink::Error,
     },
-}
-
-fn address(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
 }
 
 /// Host route destination (a /32 or /128) → name of the interface it leaves through.
@@ -44,48 +35,23 @@ pub async fn host_route_interfaces() -> Result<BTreeMap<IpAddr, String>, Interfa
             .try_collect()
             .await
             .map_err(|source| InterfaceError::Dump { what: "links", source })?;
-        let names: BTreeMap<u32, String> = links
-            .iter()
-            .filter_map(|l| {
-                l.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
-                    _ => None,
-                })
-            })
-            .collect();
-        let mut out = BTreeMap::new();
+        let names = decode::link_names(&links);
+        let mut routes = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut query = RouteMessage::default();
             query.header.address_family = family;
-            let routes: Vec<RouteMessage> = handle
+            let mut dump: Vec<RouteMessage> = handle
                 .route()
                 .get(query)
                 .execute()
                 .try_collect()
                 .await
                 .map_err(|source| InterfaceError::Dump { what: "routes", source })?;
-            for r in routes {
-                let full = if family == AddressFamily::Inet { 32 } else { 128 };
-                // Only unicast routes of table main: the local table lists the node's own addresses.
-                if r.header.destination_prefix_length != full
-                    || r.header.table != RT_TABLE_MAIN
-                    || r.header.kind != RouteType::Unicast
-                {
-                    continue;
-                }
-                let dst = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(d) => address(d),
-                    _ => None,
-                });
-                let oif = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => names.get(i).cloned(),
-                    _ => None,
-                });
-                if let (Some(dst), Some(oif)) = (dst, oif) {
-                    out.entry(dst).or_insert(oif);
-                }
-            }
+            // A kernel without IPv6 answers an IPv6 dump with every family's routes.
+            dump.retain(|r| r.header.address_family == family);
+            routes.append(&mut dump);
         }
+        let out = decode::host_route_interfaces(&routes, &names);
         Ok(out)
     }
     .await;

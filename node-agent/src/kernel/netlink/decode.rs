@@ -261,6 +261,35 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+/// Host routes (a /32 or /128, unicast, table main; the local table lists the node's own
+/// addresses) by destination → the name of the interface they leave through: how the CNI
+/// plugin's `<pod IP> dev veth…` route names a pod's host-side interface. The first route to a
+/// destination wins.
+pub fn host_route_interfaces(routes: &[RouteMessage], names: &LinkNames) -> BTreeMap<IpAddr, String> {
+    let mut out = BTreeMap::new();
+    for r in routes {
+        let full = if r.header.address_family == AddressFamily::Inet { 32 } else { 128 };
+        if r.header.destination_prefix_length != full
+            || route_table(r) != u32::from(RouteHeader::RT_TABLE_MAIN)
+            || r.header.kind != RouteType::Unicast
+        {
+            continue;
+        }
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(d) => route_ip(d),
+            _ => None,
+        });
+        let oif = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => names.get(i).cloned(),
+            _ => None,
+        });
+        if let (Some(dst), Some(oif)) = (dst, oif) {
+            out.entry(dst).or_insert(oif);
+        }
+    }
+    out
+}
+
 pub fn route_table(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()

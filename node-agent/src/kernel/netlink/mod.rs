@@ -20,9 +20,14 @@ pub mod encode;
 mod error;
 mod events;
 mod owned_links;
+mod pipeline;
+
+use std::collections::HashMap;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressMessage;
@@ -32,13 +37,43 @@ use rtnetlink::packet_route::route::RouteMessage;
 
 use super::caps::{self, LinkProbe, ProbeOutcome, TunnelKind};
 use super::{Kernel, KernelError, sysctl};
-use crate::model::{
-    Capabilities, Change, FdbEntry, IPIP_DEVICE, KernelState, MacAddr, Neighbour, OWNER_ALIAS, Route, RouteKind,
-    VxlanTunnel,
-};
+use crate::model::{Capabilities, Change, IPIP_DEVICE, KernelState, MacAddr, OWNER_ALIAS, RouteKind, VxlanTunnel};
 use error::{EBUSY, EEXIST, ENODEV, gone_ok, nl_error};
 pub use events::{KernelEvent, subscribe, watch_file};
 pub use owned_links::OwnedLinks;
+
+/// Changes that are one request each on an existing device (neighbours, FDB entries,
+/// routes): the kind a pass makes by the thousand, sent through [`pipeline`].
+fn per_peer(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::AddNeighbour(_)
+            | Change::UpdateNeighbour(_)
+            | Change::DelNeighbour(_)
+            | Change::AddFdb(_)
+            | Change::UpdateFdb(_)
+            | Change::DelFdb(_)
+            | Change::AddRoute(_)
+            | Change::UpdateRoute(_)
+            | Change::DelRoute(_)
+            | Change::DelStrayRoute(_)
+    )
+}
+
+/// How a refused per-peer change is named in its error (built only on failure: a batch has
+/// thousands of successes).
+fn per_peer_op(change: &Change) -> String {
+    match change {
+        Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => format!("replace neighbour {} dev {}", n.ip, n.dev),
+        Change::DelNeighbour(n) => format!("del neighbour {} dev {}", n.ip, n.dev),
+        Change::AddFdb(f) | Change::UpdateFdb(f) => format!("replace fdb {} dev {} dst {}", f.mac, f.dev, f.dst),
+        Change::DelFdb(f) => format!("del fdb {} dev {} dst {}", f.mac, f.dev, f.dst),
+        Change::AddRoute(r) | Change::UpdateRoute(r) => format!("replace route {}", r.dst),
+        Change::DelRoute(r) => format!("del route {}", r.dst),
+        Change::DelStrayRoute(r) => format!("del route {} table {}", r.dst, r.table),
+        other => other.to_string(),
+    }
+}
 
 /// The kernel of the creating thread's network namespace, over rtnetlink.
 pub struct NetlinkKernel {
@@ -167,64 +202,105 @@ impl NetlinkKernel {
         )
     }
 
-    async fn neighbour(&self, n: &Neighbour, add: bool) -> Result<(), KernelError> {
-        let index = self.index(&n.dev).await?;
-        if add {
-            let mut request = self.handle.neighbours().add(index, n.ip).replace();
-            *request.message_mut() = encode::neighbour_add(index, n);
-            return request
-                .execute()
-                .await
-                .map_err(|e| nl_error(format!("replace neighbour {} dev {}", n.ip, n.dev), e));
-        }
-        self.del_neighbour_message(encode::neighbour_del(index, n), format!("del neighbour {} dev {}", n.ip, n.dev))
-            .await
+    /// The request for a per-peer change (neighbour, FDB entry, route; see [`per_peer`]) and
+    /// whether it deletes; device indexes come from `indexes` (looked up on first use).
+    async fn per_peer_request(
+        &self,
+        change: &Change,
+        indexes: &mut HashMap<String, u32>,
+    ) -> Result<(pipeline::Request, bool), KernelError> {
+        let replace = NLM_F_CREATE | NLM_F_REPLACE;
+        Ok(match change {
+            Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => {
+                let index = self.cached_index(&n.dev, indexes).await?;
+                let message = RouteNetlinkMessage::NewNeighbour(encode::neighbour_add(index, n));
+                (pipeline::Request { message, flags: replace }, false)
+            }
+            Change::DelNeighbour(n) => {
+                let index = self.cached_index(&n.dev, indexes).await?;
+                let message = RouteNetlinkMessage::DelNeighbour(encode::neighbour_del(index, n));
+                (pipeline::Request { message, flags: 0 }, true)
+            }
+            Change::AddFdb(f) | Change::UpdateFdb(f) => {
+                let index = self.cached_index(&f.dev, indexes).await?;
+                let message = RouteNetlinkMessage::NewNeighbour(encode::fdb_add(index, f));
+                (pipeline::Request { message, flags: replace }, false)
+            }
+            Change::DelFdb(f) => {
+                let index = self.cached_index(&f.dev, indexes).await?;
+                let message = RouteNetlinkMessage::DelNeighbour(encode::fdb_del(index, f));
+                (pipeline::Request { message, flags: 0 }, true)
+            }
+            Change::AddRoute(r) | Change::UpdateRoute(r) | Change::DelRoute(r) => {
+                let oif = match &r.kind {
+                    RouteKind::Unicast { dev, .. } => Some(self.cached_index(dev, indexes).await?),
+                    RouteKind::Blackhole => None,
+                };
+                let message = encode::route_message(r, oif);
+                if matches!(change, Change::DelRoute(_)) {
+                    let message = RouteNetlinkMessage::DelRoute(message);
+                    (pipeline::Request { message, flags: 0 }, true)
+                } else {
+                    // NLM_F_CREATE|NLM_F_REPLACE: atomic, never delete-then-add.
+                    let message = RouteNetlinkMessage::NewRoute(message);
+                    (pipeline::Request { message, flags: replace }, false)
+                }
+            }
+            Change::DelStrayRoute(r) => {
+                let message = RouteNetlinkMessage::DelRoute(encode::stray_route_message(r));
+                (pipeline::Request { message, flags: 0 }, true)
+            }
+            other => return Err(KernelError::Unsupported(format!("not a per-peer change: {other}"))),
+        })
     }
 
-    async fn fdb(&self, f: &FdbEntry, add: bool) -> Result<(), KernelError> {
-        let index = self.index(&f.dev).await?;
-        if add {
-            let mut request = self.handle.neighbours().add_bridge(index, &f.mac.0).replace();
-            *request.message_mut() = encode::fdb_add(index, f);
-            return request
-                .execute()
-                .await
-                .map_err(|e| nl_error(format!("replace fdb {} dev {} dst {}", f.mac, f.dev, f.dst), e));
+    /// A device's index, looked up once per batch: within a run of per-peer changes no link
+    /// changes. A failed lookup is not remembered (every change gets its own error).
+    async fn cached_index(&self, dev: &str, indexes: &mut HashMap<String, u32>) -> Result<u32, KernelError> {
+        if let Some(index) = indexes.get(dev) {
+            return Ok(*index);
         }
-        self.del_neighbour_message(encode::fdb_del(index, f), format!("del fdb {} dev {} dst {}", f.mac, f.dev, f.dst))
-            .await
+        let index = self.index(dev).await?;
+        indexes.insert(dev.to_string(), index);
+        Ok(index)
     }
 
-    /// Deletes a neighbour or FDB entry; one that is already gone counts as deleted.
-    async fn del_neighbour_message(&self, m: NeighbourMessage, op: String) -> Result<(), KernelError> {
-        gone_ok(self.handle.neighbours().del(m).execute().await.map_err(|e| nl_error(op, e)))
-    }
-
-    async fn route(&self, route: &Route, add: bool) -> Result<(), KernelError> {
-        let oif = match &route.kind {
-            RouteKind::Unicast { dev, .. } => Some(self.index(dev).await?),
-            RouteKind::Blackhole => None,
-        };
-        let message = encode::route_message(route, oif);
-        if add {
-            // NLM_F_CREATE|NLM_F_REPLACE: atomic, never delete-then-add.
-            return self
-                .handle
-                .route()
-                .add(message)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| nl_error(format!("replace route {}", route.dst), e));
+    /// Per-peer changes with many requests in flight ([`pipeline`]): the messages, flags and
+    /// errors of one-at-a-time requests, in order, one result per change.
+    async fn apply_per_peer(&self, changes: &[Change]) -> Vec<Result<(), KernelError>> {
+        let mut indexes = HashMap::new();
+        let mut results: Vec<Option<Result<(), KernelError>>> = Vec::with_capacity(changes.len());
+        let mut requests = Vec::with_capacity(changes.len());
+        // (result slot, deletion) of each request sent.
+        let mut sent = Vec::with_capacity(changes.len());
+        for change in changes {
+            match self.per_peer_request(change, &mut indexes).await {
+                Ok((request, deletion)) => {
+                    sent.push((results.len(), deletion));
+                    requests.push(request);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
         }
-        gone_ok(
-            self.handle
-                .route()
-                .del(message)
-                .execute()
-                .await
-                .map_err(|e| nl_error(format!("del route {}", route.dst), e)),
-        )
+        let (answers, socket_error) = pipeline::execute(&requests).await;
+        for ((slot, deletion), answer) in sent.into_iter().zip(answers) {
+            let result = match answer {
+                Some(0) => Ok(()),
+                Some(errno) => Err(KernelError::Netlink {
+                    op: per_peer_op(&changes[slot]),
+                    errno: Some(errno),
+                    message: std::io::Error::from_raw_os_error(errno).to_string(),
+                }),
+                None => Err(KernelError::Netlink {
+                    op: per_peer_op(&changes[slot]),
+                    errno: None,
+                    message: socket_error.as_ref().map_or("no answer".to_string(), ToString::to_string),
+                }),
+            };
+            results[slot] = Some(if deletion { gone_ok(result) } else { result });
+        }
+        results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
     }
 
     /// The neighbour table (`family` None) or the FDB (`AddressFamily::Bridge`).
@@ -294,21 +370,25 @@ impl Kernel for NetlinkKernel {
             Change::SetLink { dev, mtu, mac, up } => self.set_link_attrs(dev, *mtu, *mac, *up).await,
             Change::AddAddress { dev, address } => self.address(dev, *address, true).await,
             Change::DelAddress { dev, address } => self.address(dev, *address, false).await,
-            Change::AddNeighbour(n) | Change::UpdateNeighbour(n) => self.neighbour(n, true).await,
-            Change::DelNeighbour(n) => self.neighbour(n, false).await,
-            Change::AddFdb(f) | Change::UpdateFdb(f) => self.fdb(f, true).await,
-            Change::DelFdb(f) => self.fdb(f, false).await,
-            Change::AddRoute(r) | Change::UpdateRoute(r) => self.route(r, true).await,
-            Change::DelRoute(r) => self.route(r, false).await,
-            Change::DelStrayRoute(r) => gone_ok(
-                self.handle
-                    .route()
-                    .del(encode::stray_route_message(r))
-                    .execute()
-                    .await
-                    .map_err(|e| nl_error(format!("del route {} table {}", r.dst, r.table), e)),
-            ),
+            per_peer_change => self.apply_per_peer(std::slice::from_ref(per_peer_change)).await.pop().unwrap_or(Ok(())),
         }
+    }
+
+    /// Runs of per-peer changes go through [`pipeline`]; everything else one at a time.
+    async fn apply_many(&self, changes: &[Change]) -> Vec<Result<(), KernelError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        let mut rest = changes;
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|c| per_peer(c)).count();
+            if run == 0 {
+                results.push(self.apply_one(first).await);
+                rest = &rest[1..];
+            } else {
+                results.extend(self.apply_per_peer(&rest[..run]).await);
+                rest = &rest[run..];
+            }
+        }
+        results
     }
 
     async fn capabilities(&self) -> Capabilities {

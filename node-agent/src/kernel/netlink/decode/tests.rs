@@ -329,3 +329,26 @@ fn a_failed_ipv4_route_dump_fails_the_whole_read() {
     let error = observed("vxlan.trellis", &[], &[], routes).unwrap_err();
     assert_eq!(error.errno(), Some(16), "{error}");
 }
+
+#[test]
+fn host_routes_in_table_main_name_the_interface_a_pod_address_leaves_through() {
+    let dev = |mut m: RouteMessage, oif: u32| {
+        m.attributes.push(RouteAttribute::Oif(oif));
+        m
+    };
+    let routes = vec![
+        dev(message("10.244.1.5/32", 254, 3, RouteType::Unicast), 2),
+        dev(message("fd00::5/128", 254, 3, RouteType::Unicast), VX_INDEX),
+        // Not host routes of table main: a block, the local table, a blackhole, an unknown link.
+        dev(message("10.244.1.0/26", 254, 3, RouteType::Unicast), 2),
+        dev(message("10.244.1.6/32", 255, 3, RouteType::Unicast), 2),
+        message("10.244.1.7/32", 254, 3, RouteType::BlackHole),
+        dev(message("10.244.1.8/32", 254, 3, RouteType::Unicast), 99),
+    ];
+    let got = super::host_route_interfaces(&routes, &names());
+    let want = BTreeMap::from([
+        ("10.244.1.5".parse::<IpAddr>().unwrap(), "eth0".to_string()),
+        ("fd00::5".parse::<IpAddr>().unwrap(), "vxlan.trellis".to_string()),
+    ]);
+    assert_eq!(got, want);
+}

@@ -1,0 +1,251 @@
+//! Programming rate: `trellis-agent apply --once` against `ip -batch` + `bridge -batch` of the
+//! very same objects, each in a fresh network namespace, in the same run.
+//!
+//! The objects are what the planner wants for node 0 of a [`cluster_model`] cluster: the VXLAN
+//! device and its address, then per peer one permanent neighbour, one FDB entry and one route
+//! (plus the node's own blackhole). The reference batch files are the diff from an empty
+//! kernel rendered as iproute2 commands ([`Change`]'s `Display`), so both sides create exactly
+//! the same kernel objects; both are started through `ip netns exec` and both results are
+//! counted back with iproute2 before a time is accepted.
+//!
+//! First apply: a fresh namespace with only the uplink. No-op resync: the same command again
+//! on the programmed namespace (the reference re-runs its `replace` batches, which is how a
+//! script keeps state converged). The agent's own pass ([`reconcile::pass`], the code its loop
+//! runs, snapshot in memory as in `trellis-agent run`) is timed in-process as well.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use trellis_agent::diff::diff;
+use trellis_agent::kernel::NetlinkKernel;
+use trellis_agent::model::{Capabilities, Change, DesiredState, KernelState};
+use trellis_agent::reconcile::{self, BoxError, DesiredSource, SystemHost};
+use trellis_agent::snapshot::Snapshot;
+use trellis_e2e::netns::Netns;
+use trellis_e2e::{agent, cmd};
+
+use crate::cluster_model::{self, UPLINK};
+use crate::report::{Report, Row, median, ms};
+
+/// A namespace like a node's before the agent ran: loopback and an uplink with the node address.
+pub fn fresh_node(name: &str) -> Result<Netns> {
+    let ns = Netns::create(name)?;
+    ns.ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0p"])?;
+    ns.ip(&["addr", "add", &cluster_model::node0_cidr(), "dev", UPLINK])?;
+    ns.ip(&["link", "set", UPLINK, "up"])?;
+    ns.ip(&["link", "set", "eth0p", "up"])?;
+    Ok(ns)
+}
+
+/// The reference batches: (ip batch of the device and its address, ip batch of neighbours and
+/// routes, bridge batch of FDB entries).
+pub struct Batches {
+    pub device: String,
+    pub ip: String,
+    pub bridge: String,
+    pub peers: usize,
+}
+
+pub fn batches(desired: &DesiredState) -> Result<Batches> {
+    let mut b = Batches { device: String::new(), ip: String::new(), bridge: String::new(), peers: desired.fdb.len() };
+    for change in diff(&KernelState::default(), desired) {
+        let line = format!("{change}\n");
+        match change {
+            // `Change`'s rendering puts link options after `type vxlan`, which `ip` refuses.
+            Change::CreateVxlan(t) => b.device.push_str(&format!(
+                "link add {} address {} mtu {} type vxlan id {} dstport {} local {} dev {} nolearning\nlink set {} up\n",
+                t.name, t.mac, t.mtu, t.vni, t.port, t.local, t.uplink, t.name
+            )),
+            Change::AddAddress { .. } => b.device.push_str(&line),
+            Change::AddNeighbour(_) | Change::AddRoute(_) => b.ip.push_str(&line),
+            Change::AddFdb(_) => b.bridge.push_str(&line),
+            other => bail!("unexpected change from an empty kernel: {other}"),
+        }
+    }
+    Ok(b)
+}
+
+/// What iproute2 counts in a namespace: (routes with proto 84, permanent neighbours and FDB
+/// entries with a remote on the VXLAN device).
+fn counts(ns: &str, dev: &str) -> Result<(usize, usize, usize)> {
+    let routes = cmd::ip(ns, &["route", "show", "proto", "84"])?.lines().count();
+    let neigh = cmd::ip(ns, &["neigh", "show", "dev", dev, "nud", "permanent"])?.lines().count();
+    let fdb = cmd::in_ns(ns, "bridge", &["fdb", "show", "dev", dev])?.lines().filter(|l| l.contains(" dst ")).count();
+    Ok((routes, neigh, fdb))
+}
+
+fn timed(what: &str, f: impl FnOnce() -> Result<()>) -> Result<Duration> {
+    let start = Instant::now();
+    f().with_context(|| what.to_string())?;
+    Ok(start.elapsed())
+}
+
+fn run_ip_batch(ns: &str, program: &str, file: &Path) -> Result<()> {
+    cmd::in_ns(ns, program, &["-batch", &file.to_string_lossy()])?;
+    Ok(())
+}
+
+/// Runs the agent binary's `apply --once`; returns the number of kernel changes it applied.
+fn agent_apply_once(ns: &str, snapshot: &Path, log: &Path) -> Result<usize> {
+    let bin = agent::binary()?;
+    let stderr = std::fs::File::create(log)?;
+    let out = cmd::ns_command(ns, &bin.to_string_lossy())
+        .args(["apply", "--snapshot", &snapshot.to_string_lossy(), "--once"])
+        .stderr(stderr)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "trellis-agent apply --once failed: {}\n{stdout}", out.status);
+    let summary: serde_yaml::Value = serde_yaml::from_str(&stdout).context("apply --once summary")?;
+    let applied = summary.get("applied").and_then(|a| a.as_mapping()).context("summary without `applied`")?;
+    let kernel_changes = applied
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), Some("nat" | "cni" | "sysctl")))
+        .filter_map(|(_, v)| v.as_u64())
+        .sum::<u64>();
+    Ok(kernel_changes as usize)
+}
+
+/// A snapshot held in memory, as `trellis-agent run` holds the cluster's.
+struct InMemory {
+    snapshot: Snapshot,
+}
+
+impl DesiredSource<NetlinkKernel> for InMemory {
+    async fn desired(&mut self, kernel: &NetlinkKernel) -> Result<DesiredState, BoxError> {
+        Ok(reconcile::desired_from_snapshot(kernel, self.snapshot.clone(), Capabilities::default()).await?)
+    }
+}
+
+/// Times `passes` no-op passes of the agent's reconcile code inside `ns`; each must change nothing.
+pub fn in_process_passes(ns: &str, snapshot: &Snapshot, passes: usize) -> Result<Vec<Duration>> {
+    let snapshot = snapshot.clone();
+    trellis_e2e::netns::enter(ns, move || -> Result<Vec<Duration>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let kernel = NetlinkKernel::new()?;
+            let mut source = InMemory { snapshot };
+            let mut times = Vec::new();
+            for _ in 0..passes {
+                let start = Instant::now();
+                let report = reconcile::pass(&kernel, &mut source, &SystemHost).await?;
+                times.push(start.elapsed());
+                ensure!(report.ok() && report.changes() == 0, "a no-op pass changed something: {report:?}");
+            }
+            Ok(times)
+        })
+    })?
+}
+
+/// The measurements of one size.
+struct Size {
+    first: Vec<Duration>,
+    first_ref: Vec<Duration>,
+    noop: Vec<Duration>,
+    noop_ref: Vec<Duration>,
+}
+
+fn measure(peers: u32, repetitions: usize, dir: &Path, tag: &str) -> Result<(Size, Option<Netns>, Snapshot)> {
+    let mut snapshot = cluster_model::snapshot(peers, dir);
+    snapshot.node.uplink_mtu = Some(1500);
+    let path = dir.join(format!("snapshot-{peers}.yaml"));
+    std::fs::write(&path, serde_yaml::to_string(&snapshot)?)?;
+    let desired = trellis_agent::plan::plan(&snapshot, Capabilities::default())?;
+    let dev = desired.vxlan.as_ref().context("the plan has no VXLAN device")?.name.clone();
+    let b = batches(&desired)?;
+    ensure!(b.peers == peers as usize, "planned {} FDB entries for {peers} peers", b.peers);
+    let files = [("device", &b.device), ("ip", &b.ip), ("bridge", &b.bridge)]
+        .map(|(name, text)| (dir.join(format!("{name}-{peers}.batch")), text.clone()));
+    for (file, text) in &files {
+        std::fs::write(file, text)?;
+    }
+    let [device, ip, bridge] = [&files[0].0, &files[1].0, &files[2].0];
+    let want = (peers as usize + 1, peers as usize, peers as usize);
+    // The device is one change for the agent, two lines (add, up) for `ip`.
+    let total_changes = b.device.lines().count() - 1 + b.ip.lines().count() + b.bridge.lines().count();
+
+    let mut size = Size { first: vec![], first_ref: vec![], noop: vec![], noop_ref: vec![] };
+    let mut keep = None;
+    let log = dir.join(format!("agent-{peers}.log"));
+    for rep in 0..repetitions {
+        // Interleaved, so both sides see the same machine load.
+        let reference = fresh_node(&format!("{tag}-ref{peers}-{rep}"))?;
+        let r = reference.name();
+        size.first_ref.push(timed("reference first apply", || {
+            run_ip_batch(r, "ip", device)?;
+            run_ip_batch(r, "bridge", bridge)?;
+            run_ip_batch(r, "ip", ip)
+        })?);
+        ensure!(counts(r, &dev)? == want, "reference programmed {:?}, want {want:?}", counts(r, &dev)?);
+        size.noop_ref.push(timed("reference no-op", || {
+            run_ip_batch(r, "bridge", bridge)?;
+            run_ip_batch(r, "ip", ip)
+        })?);
+        drop(reference);
+
+        let node = fresh_node(&format!("{tag}-tr{peers}-{rep}"))?;
+        let n = node.name();
+        let mut applied = 0;
+        size.first.push(timed("trellis first apply", || {
+            applied = agent_apply_once(n, &path, &log)?;
+            Ok(())
+        })?);
+        ensure!(
+            applied == total_changes,
+            "the agent applied {applied} changes, the reference batch has {total_changes}"
+        );
+        ensure!(counts(n, &dev)? == want, "trellis programmed {:?}, want {want:?}", counts(n, &dev)?);
+        let mut noop_applied = 0;
+        size.noop.push(timed("trellis no-op", || {
+            noop_applied = agent_apply_once(n, &path, &log)?;
+            Ok(())
+        })?);
+        ensure!(noop_applied == 0, "the no-op apply changed {noop_applied} objects");
+        keep = Some(node);
+    }
+    Ok((size, keep, snapshot))
+}
+
+/// Runs the programming benchmark at `sizes` and adds its rows.
+pub fn run(report: &mut Report, sizes: &[u32], repetitions: usize, in_loop_peers: u32, tag: &str) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("trellis-bench-prog-").tempdir()?;
+    for &peers in sizes {
+        let reps = if peers > 5_000 { 1 } else { repetitions };
+        let (mut s, node, snapshot) = measure(peers, reps, dir.path(), tag)?;
+        let (t, r) = (median(&mut s.first), median(&mut s.first_ref));
+        report.row(Row {
+            figure: format!("first apply, {peers} VXLAN peers (median of {reps})"),
+            trellis: ms(t),
+            reference: format!("{} (`ip -batch` + `bridge -batch`)", ms(r)),
+            ratio: Some(t.as_secs_f64() / r.as_secs_f64()),
+            goal: "ratio ≤ 1.0".into(),
+            met: Some(t <= r),
+        });
+        let (t, r) = (median(&mut s.noop), median(&mut s.noop_ref));
+        report.row(Row {
+            figure: format!("no-op resync, {peers} VXLAN peers (`apply --once` again)"),
+            trellis: ms(t),
+            reference: format!("{} (same batches again)", ms(r)),
+            ratio: Some(t.as_secs_f64() / r.as_secs_f64()),
+            goal: "ratio ≤ 1.0".into(),
+            met: Some(t <= r),
+        });
+        if peers == in_loop_peers
+            && let Some(node) = node
+        {
+            let mut times = in_process_passes(node.name(), &snapshot, 11)?;
+            // The first pass warms caches (capability probe, page cache of nft).
+            times.remove(0);
+            let t = median(&mut times);
+            report.row(Row {
+                figure: format!("no-op pass inside the agent, {peers} peers (median of {})", times.len()),
+                trellis: ms(t),
+                reference: String::new(),
+                ratio: None,
+                goal: "< 50 ms".into(),
+                met: Some(t < Duration::from_millis(50)),
+            });
+        }
+    }
+    Ok(())
+}
