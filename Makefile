@@ -52,6 +52,7 @@ test-root: build
 	  KUBECONFIG=$$($(KAPI) restart); export KUBECONFIG; \
 	  echo "test-root: API server up, KUBECONFIG=$$KUBECONFIG"; \
 	  export TRELLIS_AGENT_BIN=$(BIN_DIR)/trellis-agent TRELLIS_OPERATOR_BIN=$(BIN_DIR)/trellis-operator; \
+	  export IMAGES_PROFILE=debug; $(CURDIR)/images/build all; \
 	  $(CARGO) test --workspace -- --ignored --skip vm_; \
 	  $(PYTEST) -q -p no:cacheprovider e2e/helm/test_release.py
 
@@ -69,6 +70,8 @@ test-vm: build
 
 # Container images (podman; the base is Debian 12 from debootstrap, no registry needed):
 # localhost/trellis/{agent,operator}:VERSION from images/Containerfile.*, cached (images/build).
+# Release binaries here and in `make lab`; `make test-root` builds them from the debug binaries
+# `make build` made (IMAGES_PROFILE=debug: no second, ~10 CPU-minute release compilation in CI).
 images:
 	@[ "$$(id -u)" = 0 ] || { echo "images needs root (podman)"; exit 1; }
 	$(CURDIR)/images/build all
@@ -81,13 +84,14 @@ lab:
 	@[ "$$(id -u)" = 0 ] || { echo "make lab needs root (apt, podman, network namespaces)"; exit 1; }
 	@set -euo pipefail; . $(CURDIR)/e2e/testbed/install-deps; install_deps; \
 	  $(CURDIR)/images/build all; \
-	  $(CARGO) build -q -p trellis-agent -p trellis-e2e --bin trellis-agent --bin lab; \
-	  exec $(CURDIR)/target/debug/lab $(if $(KEEP),--keep) $(if $(NO_VM),--no-vm)
+	  $(CARGO) build -q -p trellis-agent -p trellis-operator -p trellis-e2e --bin trellis-agent --bin trellis-operator --bin lab; \
+	  export TRELLIS_AGENT_BIN=$(BIN_DIR)/trellis-agent TRELLIS_OPERATOR_BIN=$(BIN_DIR)/trellis-operator; \
+	  exec $(BIN_DIR)/lab $(if $(KEEP),--keep) $(if $(NO_VM),--no-vm)
 
 # Removes whatever a killed or kept lab left (namespaces, containers, API server, files).
 lab-down:
 	@[ "$$(id -u)" = 0 ] || { echo "make lab-down needs root"; exit 1; }
-	@$(CARGO) build -q -p trellis-e2e --bin lab && $(CURDIR)/target/debug/lab down
+	@$(CARGO) build -q -p trellis-e2e --bin lab && $(BIN_DIR)/lab down
 
 # Benchmarks (root, a quiet machine): release builds of the agent, the operator and the
 # trellis-bench runner, which measures every figure next to its reference in the same run and

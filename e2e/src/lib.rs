@@ -11,6 +11,8 @@
 //! Containers: [`podman`] builds the project's images (`images/build`) and runs them with
 //! podman the way a pod spec says.
 //!
+//! The lab (`make lab`): [`lab`] runs the classic experiments on a cluster, one chapter each.
+//!
 //! Whole cluster: [`cluster`] brings up API server, operator, Node objects, node namespaces and
 //! a kubelet stand-in that runs the operator's DaemonSet; [`stream`] measures traffic between
 //! pods (loss, reordering, gaps, TCP retransmits) while the cluster changes.
@@ -22,7 +24,7 @@ pub mod cni;
 pub mod error;
 pub mod forward;
 pub mod kapi;
-pub mod lab_report;
+pub mod lab;
 pub mod netns;
 pub mod operator;
 pub mod pod;

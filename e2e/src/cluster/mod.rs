@@ -364,6 +364,7 @@ impl Cluster {
         let conflist = probe::wait_until(&format!("a CNI conflist in {}", dir.display()), scaled(WAIT), || {
             pod::read_conflist(&dir).map_err(|e| e.to_string())
         })?;
+        let conflist = pod::node_view(conflist, &n.root);
         self.rt
             .block_on(pod::create_object(self.client(), namespace, name, node, &labels))
             .map_err(|e| kube_error(&format!("create Pod {namespace}/{name}"), e))?;
