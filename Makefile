@@ -52,7 +52,7 @@ test-root: build
 	  KUBECONFIG=$$($(KAPI) restart); export KUBECONFIG; \
 	  echo "test-root: API server up, KUBECONFIG=$$KUBECONFIG"; \
 	  export TRELLIS_AGENT_BIN=$(BIN_DIR)/trellis-agent TRELLIS_OPERATOR_BIN=$(BIN_DIR)/trellis-operator; \
-	  export IMAGES_PROFILE=debug; $(CURDIR)/images/build all; \
+	  export IMAGES_AGENT_BIN=$$TRELLIS_AGENT_BIN IMAGES_OPERATOR_BIN=$$TRELLIS_OPERATOR_BIN; $(CURDIR)/images/build all; \
 	  $(CARGO) test --workspace -- --ignored --skip vm_; \
 	  $(PYTEST) -q -p no:cacheprovider e2e/helm/test_release.py
 
@@ -71,7 +71,7 @@ test-vm: build
 # Container images (podman; the base is Debian 12 from debootstrap, no registry needed):
 # localhost/trellis/{agent,operator}:VERSION from images/Containerfile.*, cached (images/build).
 # Release binaries here and in `make lab`; `make test-root` builds them from the debug binaries
-# `make build` made (IMAGES_PROFILE=debug: no second, ~10 CPU-minute release compilation in CI).
+# `make build` made (IMAGES_AGENT_BIN/IMAGES_OPERATOR_BIN: no ~10 CPU-minute release build in CI).
 images:
 	@[ "$$(id -u)" = 0 ] || { echo "images needs root (podman)"; exit 1; }
 	$(CURDIR)/images/build all

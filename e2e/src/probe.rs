@@ -124,6 +124,8 @@ pub fn udp_source_seen(from: &str, to: &str, dst: Ipv4Addr, port: u16, timeout: 
 /// A running `tcpdump` on one interface of one namespace.
 pub struct Capture {
     child: Option<Child>,
+    /// tcpdump exited by itself (after `-c` packets) and was reaped.
+    exited: bool,
     what: String,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
@@ -205,7 +207,8 @@ impl Capture {
                 }
             }
         });
-        let mut capture = Capture { child: Some(child), what: what.clone(), lines, reader: Some(reader) };
+        let mut capture =
+            Capture { child: Some(child), exited: false, what: what.clone(), lines, reader: Some(reader) };
         let limit = scaled(Duration::from_secs(10));
         let deadline = Instant::now() + limit;
         let mut seen = Vec::new();
@@ -240,6 +243,23 @@ impl Capture {
         self.seen()
     }
 
+    /// Waits until tcpdump exits by itself (a [`Capture::start_counted`] capture that saw its
+    /// packets) or `timeout` passes; true if it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(child) = self.child.as_mut() {
+            match child.try_wait() {
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => return false,
+                Ok(Some(_)) | Err(_) => {
+                    self.exited = true;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Stops tcpdump (SIGINT, so it flushes) and returns what it saw. Packets still in
     /// flight get a moment to be printed first: stop once the count is stable for 300 ms.
     /// Bounded: a tcpdump that has not exited 2 s after SIGINT is killed.
@@ -254,9 +274,9 @@ impl Capture {
             }
             last = now;
         }
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on the tcpdump process this guard spawned (it may have exited
-            // after `-c` packets; it is not reaped yet, so the pid is still its own).
+        if let Some(mut child) = self.child.take().filter(|_| !self.exited) {
+            // SAFETY: kill(2) on the tcpdump process this guard spawned and has not reaped, so
+            // the pid is still its own.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
             let deadline = Instant::now() + Duration::from_secs(2);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {

@@ -43,6 +43,13 @@ fn cluster_installed_from_the_chart_with_containers_converges_and_pods_ping_acro
     let a = cluster.add_pod("node1", "default", "a", &[])?;
     let b = cluster.add_pod("node2", "default", "b", &[])?;
     let c = cluster.add_pod("node3", "default", "c", &[])?;
+    // host-local's allocations are the node's own (the agent's hostPath, below the node's
+    // root on this machine), not in the host's /var/lib/cni/networks shared by every node.
+    for pod in [&a, &b, &c] {
+        let root = &cluster.node(&pod.node)?.root;
+        let lease = root.join("var/lib/cni/networks/trellis").join(pod.ip.to_string());
+        ensure!(lease.exists(), "{}: no host-local allocation at {}", pod.name, lease.display());
+    }
     for (from, to) in [(&a, &b), (&a, &c), (&c, &b)] {
         probe::wait_ping(&from.netns, IpAddr::V4(to.ip), WAIT).map_err(|e| cluster.with_dump(e))?;
     }

@@ -25,18 +25,35 @@ pub fn classify(line: &str) -> &'static str {
     }
 }
 
+/// tcpdump's lines grouped per packet: a VXLAN packet prints its inner packet on a second
+/// line, which does not start with a timestamp.
+pub fn packets(lines: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in lines {
+        match out.last_mut() {
+            Some(last) if !l.starts_with(|c: char| c.is_ascii_digit()) => {
+                last.push(' ');
+                last.push_str(l.trim());
+            }
+            _ => out.push(l.clone()),
+        }
+    }
+    out
+}
+
 /// What crossed `node`'s eth0 while `from` pinged `to` (bounded: tcpdump `-c`, a deadline,
 /// killed if it does not stop): the encapsulation ("VXLAN", "IPIP", "plain", "mixed" or
 /// "nothing") and the packets.
 pub fn carried(cluster: &Cluster, node: &str, from: &PodRef, to: &PodRef) -> Result<(String, Captured)> {
     let ns = cluster.node(node)?.netns.clone();
     let filter = format!("udp port 4789 or ip proto 4 or (icmp and host {})", from.ip);
-    let capture = Capture::start_counted(&ns, "eth0", &filter, 2 * PINGS)?;
+    let mut capture = Capture::start_counted(&ns, "eth0", &filter, 2 * PINGS)?;
     let count = PINGS.to_string();
     probe::ping(&from.netns, IpAddr::V4(to.ip), &["-c", &count, "-i", "0.2", "-W", "2"])
         .with_context(|| format!("ping {} -> {}", from.name, to.name))?;
-    capture.wait_for(2 * PINGS, probe::scaled(Duration::from_secs(3)));
-    let seen = capture.stop();
+    capture.wait_exit(probe::scaled(Duration::from_secs(3)));
+    let mut seen = capture.stop();
+    seen.packets = packets(&seen.packets);
     let mut kinds: Vec<&str> = seen.packets.iter().map(|l| classify(l)).collect();
     kinds.sort();
     kinds.dedup();
@@ -78,5 +95,20 @@ mod tests {
         assert_eq!(classify(vxlan), "VXLAN");
         assert_eq!(classify(ipip), "IPIP");
         assert_eq!(classify(plain), "plain");
+    }
+
+    #[test]
+    fn inner_packet_lines_join_their_outer_packet() {
+        let lines: Vec<String> = [
+            "19:38:13.714435 IP 10.0.1.11.46061 > 10.0.2.13.4789: VXLAN, flags [I] (0x08), vni 4096",
+            "IP 10.244.0.2 > 10.244.0.130: ICMP echo request, id 2617, seq 1, length 64",
+            "19:38:13.714527 IP 10.244.0.2 > 10.244.0.66: ICMP echo request, id 1, seq 1, length 64",
+        ]
+        .map(String::from)
+        .to_vec();
+        let p = super::packets(&lines);
+        assert_eq!(p.len(), 2);
+        assert_eq!(classify(&p[0]), "VXLAN");
+        assert_eq!(classify(&p[1]), "plain");
     }
 }
