@@ -171,7 +171,7 @@ fn representative_cases(s: &Suite) -> Result<()> {
     let node2_block = s.c.blocks("node2")?.first().map(ToString::to_string).unwrap_or_default();
     ensure!(!node2_block.is_empty(), "node2 has no block");
     s.apply(&format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: block, namespace: y}}\nspec:\n  podSelector: {{}}\n  ingress: [{{from: [{{ipBlock: {{cidr: \"{POD_CIDR}\", except: [\"{node2_block}\"]}}}}]}}]\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: block, namespace: \"y\"}}\nspec:\n  podSelector: {{}}\n  ingress: [{{from: [{{ipBlock: {{cidr: \"{POD_CIDR}\", except: [\"{node2_block}\"]}}}}]}}]\n"
     ))?;
     s.expect("ipBlock with except into y (node2's pods excluded)", |_, from, to| {
         ns_of(to) != "y" || s.w.node_of[from] != "node2"
