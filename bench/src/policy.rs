@@ -4,9 +4,10 @@
 //! ([`compile`] + [`PolicyTable::sync`], the code `trellis-agent run` runs per pass).
 //!
 //! Measured per change (a pod relabelled, a pod added, a policy added): for every node the
-//! time from the changed inputs to the table in its kernel (compile, `nft -f`, the listing read
-//! back) — "enforced" is checked on the table content: the kernel's listing must hold exactly
-//! the sets' elements, map entries and chains the compiler wanted. Nodes run one after another
+//! time from the changed inputs to the table in its kernel (compile, then the applier's sync:
+//! its drift check listing, `nft -f`, the listing it keeps) — that it is enforced is then checked
+//! on the table content: the kernel's listing must hold exactly the sets' elements, map entries
+//! and chains the compiler wanted. Nodes run one after another
 //! (on a cluster each node is its own machine), so "every node" is the slowest node. Not
 //! included: the API server's watch latency and the enforcer's 200 ms debounce.
 //!
@@ -65,10 +66,14 @@ fn policy(k: usize) -> Result<NetworkPolicy> {
     } else {
         let peer = match k % 4 {
             0 => json!({"podSelector": {"matchLabels": {"app": format!("app-{}", (k + 1) % APPS)}}}),
-            1 => json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": format!("ns-{}", (k + 3) % NAMESPACES)}},
-                        "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["t0", "t1"]}]}}),
+            1 => {
+                json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": format!("ns-{}", (k + 3) % NAMESPACES)}},
+                        "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["t0", "t1"]}]}})
+            }
             2 => json!({"ipBlock": {"cidr": "10.244.0.0/16", "except": [format!("10.244.{}.0/24", k % 4)]}}),
-            _ => json!({"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": format!("app-{}", (k + 7) % APPS)}}}),
+            _ => {
+                json!({"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": format!("app-{}", (k + 7) % APPS)}}})
+            }
         };
         let port = if k % 7 == 0 { json!("http") } else { json!(80 + (k % 10)) };
         json!({"metadata": {"name": format!("allow-{k}"), "namespace": ns},
@@ -86,7 +91,11 @@ fn inputs(pods: &[Pod], policies: &[NetworkPolicy], node: usize, nodes: usize) -
         inputs.namespaces.insert(format!("ns-{n}"), Labels::new());
     }
     for (i, p) in pods.iter().enumerate().filter(|(i, _)| i % nodes == node) {
-        inputs.local.push(LocalPod { namespace: p.namespace.clone(), name: p.name.clone(), interface: format!("pod{i}") });
+        inputs.local.push(LocalPod {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            interface: format!("pod{i}"),
+        });
     }
     inputs
 }
@@ -169,6 +178,8 @@ struct Change {
     name: &'static str,
     /// Per node: compile + sync + check.
     per_node: Vec<Duration>,
+    /// Node 0: of it the compiler's share.
+    compile: Duration,
     /// The reference (`nft -f` of node 0's script) and node 0's script.
     reference: Duration,
     script: String,
@@ -193,25 +204,28 @@ fn change(
         let local = inputs(pods, policies, i, count);
         let table = &mut node.table;
         let mut took = Duration::ZERO;
+        let mut compiled = Duration::ZERO;
         let mut desired = Ruleset::default();
         let mut measure = || -> Result<()> {
             let start = Instant::now();
             desired = compile(&local).ruleset;
+            compiled = start.elapsed();
             netns::enter(node.ns.name(), || -> Result<()> {
                 table.sync(&desired)?;
+                took = start.elapsed();
                 enforced(&desired)
             })??;
-            took = start.elapsed();
             Ok(())
         };
-        let notified = if i == 0 { Some(notifications(node.ns.name(), &mut measure)?) } else { measure().map(|_| None)? };
+        let notified =
+            if i == 0 { Some(notifications(node.ns.name(), &mut measure)?) } else { measure().map(|_| None)? };
         per_node.push(took);
         if let Some(n) = notified {
-            first = Some((before, desired.clone(), n));
+            first = Some((before, desired.clone(), n, compiled));
         }
         node.ruleset = desired;
     }
-    let (before, after, notifications) = first.context("no node")?;
+    let (before, after, notifications, compile) = first.context("no node")?;
     let (kind, script) = match after.update_from(&before) {
         Update::None => ("unchanged", String::new()),
         Update::Elements { script, .. } => ("element update", script),
@@ -224,7 +238,7 @@ fn change(
     }
     let reference_time = start.elapsed();
     netns::enter(reference.name(), || enforced(&after))??;
-    Ok(Change { name, per_node, reference: reference_time, script, kind, notifications })
+    Ok(Change { name, per_node, compile, reference: reference_time, script, kind, notifications })
 }
 
 /// Runs the benchmark: `pods` pods, `policies` policies, `nodes` nodes, `reps` repetitions
@@ -280,10 +294,12 @@ pub fn run(report: &mut Report, pods: usize, policies: usize, nodes: usize, reps
             changes.iter().map(|c| c.per_node.iter().copied().max().unwrap_or_default()).collect();
         let mut node0: Vec<Duration> = changes.iter().map(|c| c.per_node[0]).collect();
         let mut reference: Vec<Duration> = changes.iter().map(|c| c.reference).collect();
-        let (slowest, node0, reference) = (median(&mut slowest), median(&mut node0), median(&mut reference));
+        let mut compiling: Vec<Duration> = changes.iter().map(|c| c.compile).collect();
+        let (slowest, node0, reference, compiling) =
+            (median(&mut slowest), median(&mut node0), median(&mut reference), median(&mut compiling));
         report.row(Row {
             figure: format!("policy: {name} → enforced on every node ({size})"),
-            trellis: format!("{} (node 0: {})", ms(slowest), ms(node0)),
+            trellis: format!("{} (node 0: {}, compiling {})", ms(slowest), ms(node0), ms(compiling)),
             reference: format!("{} (nft -f, node 0's script)", ms(reference)),
             ratio: (reference > Duration::ZERO).then(|| node0.as_secs_f64() / reference.as_secs_f64()),
             goal: "–".into(),
@@ -300,8 +316,8 @@ pub fn run(report: &mut Report, pods: usize, policies: usize, nodes: usize, reps
     }
     let wanted0 = wanted(&node_list[0].ruleset);
     sizes += &format!(
-        "\nNode 0's table: {} set and map elements, {} chains. Times: compile + `nft -f` + the listing \
-         read back and checked, per node, nodes one after another; median of {reps} repetition(s).\n",
+        "\nNode 0's table: {} set and map elements, {} chains. Times: compile + the applier's sync (a \
+         listing, `nft -f`, a listing), per node, nodes one after another; median of {reps} repetition(s).\n",
         wanted0.0, wanted0.1
     );
     report.section(&format!("Policy programming ({size})"), sizes);

@@ -179,6 +179,11 @@ impl<'a> Ctx<'a> {
         let mut out = Vec::new();
         for family in Family::BOTH {
             let name = format!("pods-{id}-{}", family.suffix());
+            out.push(vec![Cond::InSet { end, family, set: name.clone(), negated }]);
+            // Filled once per compile: many pods' rules name the same group.
+            if self.sets.contains_key(&name) {
+                continue;
+            }
             let members: Vec<String> = self
                 .inputs
                 .pods
@@ -186,8 +191,7 @@ impl<'a> Ctx<'a> {
                 .filter(|p| self.in_group(group, p))
                 .flat_map(|p| p.ips.iter().filter(|ip| Family::of_addr(ip) == family).map(ToString::to_string))
                 .collect();
-            self.add_set(name.clone(), SetKind::Addresses(family), members.into_iter());
-            out.push(vec![Cond::InSet { end, family, set: name, negated }]);
+            self.add_set(name, SetKind::Addresses(family), members.into_iter());
         }
         Alternatives(out)
     }
@@ -207,6 +211,10 @@ impl<'a> Ctx<'a> {
         let mut out = Vec::new();
         for family in Family::BOTH {
             let name = format!("ports-{id}-{}", family.suffix());
+            out.push(vec![Cond::AddrProtoPort { end, family, set: name.clone(), negated }]);
+            if self.sets.contains_key(&name) {
+                continue;
+            }
             let members: Vec<String> = self
                 .inputs
                 .pods
@@ -220,8 +228,7 @@ impl<'a> Ctx<'a> {
                         .filter_map(move |ip| number.map(|n| format!("{ip} . {} . {n}", protocol.nft())))
                 })
                 .collect();
-            self.add_set(name.clone(), SetKind::NamedPorts(family), members.into_iter());
-            out.push(vec![Cond::AddrProtoPort { end, family, set: name, negated }]);
+            self.add_set(name, SetKind::NamedPorts(family), members.into_iter());
         }
         Alternatives(out)
     }
