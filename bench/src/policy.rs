@@ -75,7 +75,7 @@ fn policy(k: usize) -> Result<NetworkPolicy> {
                 json!({"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": format!("app-{}", (k + 7) % APPS)}}})
             }
         };
-        let port = if k % 7 == 0 { json!("http") } else { json!(80 + (k % 10)) };
+        let port = if k.is_multiple_of(7) { json!("http") } else { json!(80 + (k % 10)) };
         json!({"metadata": {"name": format!("allow-{k}"), "namespace": ns},
                "spec": {"podSelector": {"matchLabels": {"app": format!("app-{}", k % APPS)}},
                         "ingress": [{"from": [peer], "ports": [{"protocol": "TCP", "port": port}]}]}})
@@ -288,7 +288,7 @@ pub fn run(report: &mut Report, pods: usize, policies: usize, nodes: usize, reps
         "| change | transaction (node 0) | script bytes | script lines | kernel notifications |\n|---|---|---|---|---|\n",
     );
     let mut rows = vec![("program from scratch", vec![first])];
-    rows.extend(results.into_iter());
+    rows.extend(results);
     for (name, changes) in &mut rows {
         let mut slowest: Vec<Duration> =
             changes.iter().map(|c| c.per_node.iter().copied().max().unwrap_or_default()).collect();
