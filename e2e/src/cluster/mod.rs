@@ -358,6 +358,19 @@ impl Cluster {
     /// the node), the network namespace, CNI ADD with the node's conflist (waiting for the
     /// agent to write it, as a runtime reports NetworkNotReady until then), the pod status.
     pub fn add_pod(&mut self, node: &str, namespace: &str, name: &str, labels: &[(&str, &str)]) -> Result<PodRef> {
+        self.add_pod_with_ports(node, namespace, name, labels, &[])
+    }
+
+    /// [`Cluster::add_pod`] with named container ports in the Pod (what named ports in network
+    /// policies resolve to).
+    pub fn add_pod_with_ports(
+        &mut self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        ports: &[pod::ContainerPort<'_>],
+    ) -> Result<PodRef> {
         let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let n = self.node(node)?.clone();
         let dir = self.cni_conf_dir(node)?;
@@ -366,7 +379,7 @@ impl Cluster {
         })?;
         let conflist = pod::node_view(conflist, &n.root);
         self.rt
-            .block_on(pod::create_object(self.client(), namespace, name, node, &labels))
+            .block_on(pod::create_object(self.client(), namespace, name, node, &labels, ports))
             .map_err(|e| kube_error(&format!("create Pod {namespace}/{name}"), e))?;
         let netns = format!("{}-{node}-{name}", self.topo.prefix);
         let running = crate::pod::Pod::create(&n.netns, 0, name, &netns, conflist)?;

@@ -68,13 +68,18 @@ pub fn node_view(mut conflist: serde_json::Value, root: &Path) -> serde_json::Va
     conflist
 }
 
-/// Creates the namespace (if missing) and the Pod object bound to `node`.
+/// A named container port a pod declares: (name, protocol `TCP`/`UDP`/`SCTP`, number).
+pub type ContainerPort<'a> = (&'a str, &'a str, u16);
+
+/// Creates the namespace (if missing) and the Pod object bound to `node`, its container
+/// declaring `ports`.
 pub async fn create_object(
     client: kube::Client,
     namespace: &str,
     name: &str,
     node: &str,
     labels: &BTreeMap<String, String>,
+    ports: &[ContainerPort<'_>],
 ) -> Result<(), kube::Error> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(namespace).await?.is_none() {
@@ -86,11 +91,15 @@ pub async fn create_object(
             Err(e) => return Err(e),
         }
     }
+    let ports: Vec<_> = ports
+        .iter()
+        .map(|(name, protocol, port)| json!({"name": name, "protocol": protocol, "containerPort": port}))
+        .collect();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": { "name": name, "namespace": namespace, "labels": labels },
         "spec": {
             "nodeName": node,
-            "containers": [{ "name": "app", "image": "registry.k8s.io/pause:3.10" }],
+            "containers": [{ "name": "app", "image": "registry.k8s.io/pause:3.10", "ports": ports }],
         },
     }))
     .map_err(kube::Error::SerdeError)?;
