@@ -23,6 +23,9 @@ use crate::kernel::{ApplyReport, ChangeFailure, Kernel, KernelError, apply_refus
 use crate::model::{Capabilities, Change, CniConfig, DesiredState, NatPlan};
 use crate::snapshot::{Snapshot, SnapshotError};
 
+pub mod sysctls;
+pub use sysctls::SysctlKeeper;
+
 /// Name looked at when no VXLAN pool is in use, so a device left by an earlier pass is found
 /// and removed.
 pub const DEFAULT_VXLAN_DEVICE: &str = "vxlan.trellis";
@@ -200,6 +203,8 @@ pub struct PassReport {
     /// Whether the conflist changed (None: failed or no CNI config planned).
     pub cni_changed: Option<bool>,
     pub sysctls_changed: usize,
+    /// Sysctls given back the host's earlier value (key, value), see [`SysctlKeeper`].
+    pub sysctls_restored: Vec<(String, String)>,
     /// NAT, CNI and sysctl failures.
     pub errors: Vec<String>,
     /// Pools the planner could not program here (pool name, reason), e.g. no ipip support.
@@ -228,8 +233,8 @@ impl PassReport {
         if self.cni_changed == Some(true) {
             counts.insert("cni", 1);
         }
-        if self.sysctls_changed > 0 {
-            counts.insert("sysctl", self.sysctls_changed);
+        if self.sysctls_changed + self.sysctls_restored.len() > 0 {
+            counts.insert("sysctl", self.sysctls_changed + self.sysctls_restored.len());
         }
         counts
     }
@@ -246,11 +251,23 @@ pub async fn preview<K: Kernel>(
     Ok(diff(&current, desired))
 }
 
-/// One full pass (see the module comment).
+/// One full pass (see the module comment), on its own: a sysctl it sets is not restored later
+/// (a loop keeps a [`SysctlKeeper`] across passes: [`pass_keeping`]).
 pub async fn pass<K: Kernel, S: DesiredSource<K>, H: Host>(
     kernel: &K,
     source: &mut S,
     host: &H,
+) -> Result<PassReport, ReconcileError> {
+    pass_keeping(kernel, source, host, &mut SysctlKeeper::default()).await
+}
+
+/// One full pass; `sysctls` remembers the host's values of the sysctls it changed, so one no
+/// longer desired is restored.
+pub async fn pass_keeping<K: Kernel, S: DesiredSource<K>, H: Host>(
+    kernel: &K,
+    source: &mut S,
+    host: &H,
+    sysctls: &mut SysctlKeeper,
 ) -> Result<PassReport, ReconcileError> {
     let desired = source.desired(kernel).await.map_err(ReconcileError::Desired)?;
     let current = kernel.read(vxlan_device(&desired, source.vxlan_device())).await.map_err(ReconcileError::Read)?;
@@ -266,16 +283,16 @@ pub async fn pass<K: Kernel, S: DesiredSource<K>, H: Host>(
     let mut report = PassReport { kernel: apply_refusing(kernel, &changes, refused).await, ..Default::default() };
 
     // After the devices exist: per-interface sysctls need them.
-    for sysctl in &desired.sysctls {
-        match kernel.sysctl_set(&sysctl.key, &sysctl.value) {
-            Ok(true) => {
-                tracing::info!(key = %sysctl.key, value = %sysctl.value, "sysctl set");
-                report.sysctls_changed += 1;
-            }
-            Ok(false) => {}
-            Err(e) => report.errors.push(format!("sysctl {}={}: {e}", sysctl.key, sysctl.value)),
-        }
+    let synced = sysctls.sync(kernel, &desired.sysctls);
+    for key in &synced.set {
+        tracing::info!(%key, "sysctl set");
     }
+    for (key, value) in &synced.restored {
+        tracing::info!(%key, %value, "sysctl no longer needed: the host's earlier value restored");
+    }
+    report.sysctls_changed = synced.set.len();
+    report.sysctls_restored = synced.restored;
+    report.errors.extend(synced.errors);
     match host.sync_nat(&desired.nat) {
         Ok(changed) => report.nat_changed = Some(changed),
         Err(e) => report.errors.push(format!("nat: {e}")),
@@ -370,9 +387,10 @@ pub async fn run<K, S, H>(
     let mut retry = options.retry_initial;
     let mut last_applied: Vec<Change> = Vec::new();
     let mut not_sticking = false;
+    let mut sysctls = SysctlKeeper::default();
     loop {
         let started = std::time::Instant::now();
-        let result = pass(kernel, source, host).await;
+        let result = pass_keeping(kernel, source, host, &mut sysctls).await;
         // The pass's own duration in ms, to 10 µs (desired state, kernel read, diff, apply, host sync).
         let took_ms = (started.elapsed().as_secs_f64() * 1e5).round() / 100.0;
         let applied = result.as_ref().map(|r| r.kernel.applied.clone()).unwrap_or_default();

@@ -220,6 +220,71 @@ fn apply_loop_repairs_drift_follows_snapshot_edits_and_stops_on_sigterm() {
     });
     assert!(status.unwrap().success(), "{status:?}");
 }
+/// The pool of [`snapshot`] without encapsulation (`phase` None), or in a live change from
+/// None to VXLAN Always in `phase`.
+fn changing(dir: &Path, phase: Option<&str>) -> String {
+    match phase {
+        None => snapshot(dir, "Never", "Never", &[2]),
+        Some(phase) => {
+            let mut text = snapshot(dir, "Never", "Always", &[2]);
+            let at = text.find("cni:\n").unwrap();
+            text.insert_str(at, &format!("    transition: {{from: None, phase: {phase}}}\n"));
+            text
+        }
+    }
+}
+
+/// `sysctl -n KEY` in the namespace, independently of the agent.
+fn sysctl(ns: &Netns, key: &str) -> String {
+    sh(&["ip", "netns", "exec", ns.name(), "sysctl", "-n", key]).trim().to_string()
+}
+
+#[test]
+#[ignore = "root: runs the agent in a network namespace"]
+fn uplink_rp_filter_is_loosened_for_a_live_change_and_restored_in_cleanup() {
+    let ns = node("rpf");
+    let (dir, file) = temp();
+    // The host's own choice for the uplink (strict), set by the test, not inherited.
+    ns.sysctl("net.ipv4.conf.eth0.rp_filter", "1").unwrap();
+    write(&file, &changing(dir.path(), None));
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), AGENT, "apply", "--snapshot", file.to_str().unwrap()])
+        .args(["--resync-interval", "3600"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = Agent(child);
+    let uplink = || sysctl(&ns, "net.ipv4.conf.eth0.rp_filter");
+    let routed = |dev: &str| ns.our_routes().contains(&format!("10.244.2.0/26 {dev}"));
+    let has_vxlan = || ns.json(&["link", "show"]).as_array().unwrap().iter().any(|l| l["ifname"] == "vxlan.trellis");
+    eventually("first pass: direct", || routed("eth0"));
+    assert_eq!(uplink(), "1", "no change runs: the uplink stays strict");
+
+    write(&file, &changing(dir.path(), Some("Receive")));
+    eventually("Receive: the device receives, senders stay direct", || has_vxlan() && routed("eth0"));
+    eventually("uplink loose in Receive", || uplink() == "2");
+    write(&file, &changing(dir.path(), Some("Switch")));
+    eventually("Switch: senders use VXLAN", || routed("vxlan.trellis"));
+    assert_eq!(uplink(), "2", "still loose in Switch");
+    write(&file, &changing(dir.path(), Some("Cleanup")));
+    eventually("the uplink's own value back in Cleanup", || uplink() == "1");
+    assert_eq!(sysctl(&ns, "net.ipv4.conf.vxlan/trellis.rp_filter"), "2", "the tunnel stays loose: it receives");
+
+    // Back to None (a change of its own, phases skipped here); a host that runs its uplink
+    // loose anyway keeps it loose after a change.
+    write(&file, &changing(dir.path(), None));
+    eventually("direct again", || routed("eth0") && !has_vxlan());
+    assert_eq!(uplink(), "1");
+    ns.sysctl("net.ipv4.conf.eth0.rp_filter", "2").unwrap();
+    write(&file, &changing(dir.path(), Some("Receive")));
+    eventually("Receive again", has_vxlan);
+    write(&file, &changing(dir.path(), Some("Cleanup")));
+    eventually("Cleanup again", || routed("vxlan.trellis"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(uplink(), "2", "not the agent's to tighten");
+}
+
 #[test]
 #[ignore = "root: runs the agent in a network namespace"]
 fn apply_once_converges_and_is_idempotent() {
