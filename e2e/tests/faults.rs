@@ -96,10 +96,7 @@ fn streams(c: &Cluster, pairs: &[(&'static str, &PodRef, &PodRef)]) -> Result<Ve
 /// Stops the streams (after some traffic past the recovery) into rows.
 fn rows(fault: &str, streams: Vec<(&'static str, Stream)>, recovered: Duration) -> Vec<Row> {
     std::thread::sleep(Duration::from_millis(500));
-    streams
-        .into_iter()
-        .map(|(path, s)| Row { fault: fault.to_string(), path, report: s.stop(), recovered })
-        .collect()
+    streams.into_iter().map(|(path, s)| Row { fault: fault.to_string(), path, report: s.stop(), recovered }).collect()
 }
 
 /// Trellis' kernel state of a node: routes (proto 84), VXLAN neighbours and FDB entries, the
@@ -180,7 +177,7 @@ fn ensure_nothing_lost(rows: &[Row]) -> Result<()> {
     let lost: Vec<String> = rows
         .iter()
         .filter(|r| r.report.udp.lost > 0 || r.report.tcp.corrupt || r.report.udp.received == 0)
-        .map(|r| format!("{} ({}): {}", r.fault, r.path, r.report))
+        .map(|r| format!("{} ({}): {}; loss windows {:?}", r.fault, r.path, r.report, r.report.udp.loss_windows))
         .collect();
     ensure!(lost.is_empty(), "lost traffic:\n{}\n{}", lost.join("\n"), table(rows));
     Ok(())
@@ -256,7 +253,9 @@ fn drift_events(c: &Cluster, node: &str, needle: &str) -> Result<Vec<String>> {
         .items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("DriftRepaired"))
-        .filter(|e| e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Node") && r.name.as_deref() == Some(node)))
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Node") && r.name.as_deref() == Some(node))
+        })
         .filter_map(|e| e.note)
         .filter(|n| n.contains(needle))
         .collect())

@@ -29,8 +29,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use trellis_api::NodeNetwork;
 
 use super::autodetect::{self, Facts, Method};
-use super::drift;
 use super::cluster_snapshot::{LocalIdentity, Settings, snapshot_from_cluster};
+use super::drift;
 use super::health;
 use super::metrics::Metrics;
 use super::node_network;
