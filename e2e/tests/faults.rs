@@ -123,8 +123,11 @@ fn kernel_state(c: &Cluster, node: &str) -> Result<String> {
     Ok(format!("{routes}--\n{dev}--\n{neigh}--\n{fdb}--\n{nft}"))
 }
 
+/// Each node's reported phase of the running change (None: no report of it yet).
+type Reports = BTreeMap<String, Option<String>>;
+
 /// The pool's live change, if one runs: (phase, the nodes' reported phases).
-fn change(c: &Cluster) -> Result<Option<(String, BTreeMap<String, Option<String>>)>> {
+fn change(c: &Cluster) -> Result<Option<(String, Reports)>> {
     let pool = c.pools()?.into_iter().find(|p| p.metadata.name.as_deref() == Some(POOL)).context("no pool")?;
     let Some(t) = pool.status.and_then(|s| s.transition) else { return Ok(None) };
     let reports = c
