@@ -218,7 +218,8 @@ impl Monitor {
     }
 
     /// Stops the monitors; returns every notification about Trellis' own state: routes with
-    /// proto 84, anything on the VXLAN device, the NAT table `inet trellis`.
+    /// proto 84, the VXLAN device and its neighbours, FDB entries and addresses, the NAT table
+    /// `inet trellis`.
     fn stop(mut self) -> Result<Vec<String>> {
         for (_, c) in &mut self.children {
             let _ = c.kill();
@@ -230,7 +231,10 @@ impl Monitor {
             for line in text.lines() {
                 let words: Vec<&str> = line.split_whitespace().collect();
                 let nat_table = words.windows(2).any(|w| w == ["inet", "trellis"]);
-                if line.contains("proto 84") || line.contains(VXLAN_DEV) || nat_table {
+                // The kernel's own IPv6 link-local address on the device (and its local route)
+                // settles after duplicate address detection, whoever made the device.
+                let kernel_own = line.contains("fe80::") || line.contains("proto kernel");
+                if line.contains("proto 84") || (line.contains(VXLAN_DEV) && !kernel_own) || nat_table {
                     ours.push(format!("{name}: {line}"));
                 }
             }
