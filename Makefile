@@ -20,7 +20,7 @@ PYTEST ?= python3 -m pytest
 BIN_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug
 export KAPI_STATE ?= /tmp/trellis-kapi-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-8)
 
-.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean bench bench-smoke
+.PHONY: all build test lint test-pure test-helm test-root test-vm crds apiserver-start apiserver-stop clean bench bench-smoke images lab lab-down
 
 all: build
 
@@ -52,6 +52,7 @@ test-root: build
 	  KUBECONFIG=$$($(KAPI) restart); export KUBECONFIG; \
 	  echo "test-root: API server up, KUBECONFIG=$$KUBECONFIG"; \
 	  export TRELLIS_AGENT_BIN=$(BIN_DIR)/trellis-agent TRELLIS_OPERATOR_BIN=$(BIN_DIR)/trellis-operator; \
+	  export IMAGES_AGENT_BIN=$$TRELLIS_AGENT_BIN IMAGES_OPERATOR_BIN=$$TRELLIS_OPERATOR_BIN; $(CURDIR)/images/build all; \
 	  $(CARGO) test --workspace -- --ignored --skip vm_; \
 	  $(PYTEST) -q -p no:cacheprovider e2e/helm/test_release.py
 
@@ -66,6 +67,31 @@ apiserver-stop:
 test-vm: build
 	@[ "$$(id -u)" = 0 ] || { echo "test-vm needs root"; exit 1; }
 	$(CURDIR)/e2e/testbed/run-vm-tests $(VM_TESTS)
+
+# Container images (podman; the base is Debian 12 from debootstrap, no registry needed):
+# localhost/trellis/{agent,operator}:VERSION from images/Containerfile.*, cached (images/build).
+# Release binaries here and in `make lab`; `make test-root` builds them from the debug binaries
+# `make build` made (IMAGES_AGENT_BIN/IMAGES_OPERATOR_BIN: no ~10 CPU-minute release build in CI).
+images:
+	@[ "$$(id -u)" = 0 ] || { echo "images needs root (podman)"; exit 1; }
+	$(CURDIR)/images/build all
+
+# The lab (README's main command): installs what it needs with the installer .ci/run uses
+# (e2e/testbed/install-deps), builds the images and the lab, brings up a 3-node cluster from
+# the chart with podman and runs the experiments (e2e/src/bin/lab.rs). KEEP=1 leaves the
+# cluster up until Ctrl-C; NO_VM=1 skips the IPIP part in the VM.
+lab:
+	@[ "$$(id -u)" = 0 ] || { echo "make lab needs root (apt, podman, network namespaces)"; exit 1; }
+	@set -euo pipefail; . $(CURDIR)/e2e/testbed/install-deps; install_deps; \
+	  $(CURDIR)/images/build all; \
+	  $(CARGO) build -q -p trellis-agent -p trellis-operator -p trellis-e2e --bin trellis-agent --bin trellis-operator --bin lab; \
+	  export TRELLIS_AGENT_BIN=$(BIN_DIR)/trellis-agent TRELLIS_OPERATOR_BIN=$(BIN_DIR)/trellis-operator; \
+	  exec $(BIN_DIR)/lab $(if $(KEEP),--keep) $(if $(NO_VM),--no-vm)
+
+# Removes whatever a killed or kept lab left (namespaces, containers, API server, files).
+lab-down:
+	@[ "$$(id -u)" = 0 ] || { echo "make lab-down needs root"; exit 1; }
+	@$(CARGO) build -q -p trellis-e2e --bin lab && $(BIN_DIR)/lab down
 
 # Benchmarks (root, a quiet machine): release builds of the agent, the operator and the
 # trellis-bench runner, which measures every figure next to its reference in the same run and

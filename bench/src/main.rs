@@ -10,6 +10,7 @@ mod control_plane;
 mod goodput;
 mod machine;
 mod memory;
+mod policy;
 mod procstat;
 mod programming;
 mod report;
@@ -31,7 +32,7 @@ struct Cli {
     /// Where the Markdown report goes (stdout when absent).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only these benchmarks (comma-separated): programming, memory, control-plane, goodput.
+    /// Only these benchmarks (comma-separated): programming, memory, control-plane, goodput, policy.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Build profile of the binaries under test, for the report.
@@ -96,6 +97,12 @@ fn main() -> ExitCode {
         let (seconds, reps) = if cli.smoke { (1, 1) } else { (10, 3) };
         if let Err(e) = goodput::run(&mut report, seconds, reps, tag) {
             failures.push(format!("goodput: {e:#}"));
+        }
+    }
+    if wanted(&cli, "policy") {
+        let (pods, policies, nodes, reps) = if cli.smoke { (60, 30, 2, 1) } else { (1_000, 200, 10, 3) };
+        if let Err(e) = policy::run(&mut report, pods, policies, nodes, reps, tag) {
+            failures.push(format!("policy: {e:#}"));
         }
     }
     for f in &failures {

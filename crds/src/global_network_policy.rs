@@ -3,11 +3,11 @@
 //! The fields are Calico's (`projectcalico.org/v3`), so the classic Calico manifests apply with
 //! only the apiVersion changed, for the subset Trellis enforces: `order`, `selector`,
 //! `namespaceSelector`, `types`, and `ingress`/`egress` rules with `action` (Allow, Deny, Log,
-//! Pass), `protocol`, and `source`/`destination` with `selector`, `namespaceSelector`, `nets`,
-//! `notNets` and `ports`. Calico's fields Trellis does not implement (`doNotTrack`, `preDNAT`,
-//! `applyOnForward`, `serviceAccountSelector`, `http`, `icmp`, `notProtocol`, `notSelector`,
-//! `notPorts`, `services`) are not part of the schema, so strict field validation rejects them
-//! instead of silently ignoring them.
+//! Pass), `protocol`, `notProtocol`, and `source`/`destination` with `selector`, `notSelector`,
+//! `namespaceSelector`, `nets`, `notNets`, `ports` and `notPorts` (numbers, `from:to` ranges and
+//! named ports). Calico's fields Trellis does not implement (`doNotTrack`, `preDNAT`,
+//! `applyOnForward`, `serviceAccountSelector`, `http`, `icmp`, `notICMP`, `services`) are not
+//! part of the schema, so strict field validation rejects them instead of silently ignoring them.
 //!
 //! Semantics (Calico's): a policy applies to the pods its `selector` (and `namespaceSelector`)
 //! selects, in the directions of `types`. Policies are evaluated in ascending `order` (unset =
@@ -18,9 +18,10 @@
 //!
 //! Admission: the selectors are checked with the same RE2 rules as `IPPool.spec.nodeSelector`
 //! ([`crate::selector::cel`]), nets must be CIDRs or addresses, numeric ports 1-65535, and
-//! ports need a protocol with ports (TCP, UDP, SCTP, UDPLite). A range (`"8000:8080"`) is
-//! checked by the agent ([`parse_port`]; a bad one drops the rule with a logged warning): a
-//! string pattern per port was estimated far over the API server's CEL cost budget.
+//! ports and notPorts need a protocol with ports (TCP, UDP, SCTP, UDPLite). A port string (a
+//! range `"8000:8080"` or a name `"http"`) is checked by the agent ([`parse_port`]; a bad one
+//! drops the rule, with a Warning Event on the policy): a string pattern per port was estimated
+//! far over the API server's CEL cost budget.
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
@@ -136,12 +137,18 @@ impl Protocol {
     validation = Rule::new(
         "(!has(self.source) || !has(self.source.ports)) && (!has(self.destination) || !has(self.destination.ports)) || (has(self.protocol) && self.protocol in ['TCP', 'UDP', 'SCTP', 'UDPLite'])"
     ).message("ports need a protocol with ports: set protocol to TCP, UDP, SCTP or UDPLite").field_path(".protocol"),
+    validation = Rule::new(
+        "(!has(self.source) || !has(self.source.notPorts)) && (!has(self.destination) || !has(self.destination.notPorts)) || (has(self.protocol) && self.protocol in ['TCP', 'UDP', 'SCTP', 'UDPLite'])"
+    ).message("notPorts need a protocol with ports: set protocol to TCP, UDP, SCTP or UDPLite").field_path(".protocol"),
 )]
 pub struct PolicyRule {
     pub action: Action,
     /// Only packets of this protocol; default any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// Only packets not of this protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_protocol: Option<Protocol>,
     /// Conditions on the packet's source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<EntityRule>,
@@ -162,6 +169,16 @@ pub struct EntityRule {
         validation = crate::selector::cel::parentheses("selector"),
     )]
     pub selector: Option<String>,
+
+    /// Not from/to pods whose labels (plus `projectcalico.org/namespace`) match this Calico
+    /// selector, in any namespace; addresses that are no pod's match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(
+        validation = crate::selector::cel::grammar("notSelector"),
+        validation = crate::selector::cel::parentheses("notSelector"),
+    )]
+    pub not_selector: Option<String>,
 
     /// Pods in namespaces whose labels match this Calico selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,14 +201,22 @@ pub struct EntityRule {
     #[x_kube(validation = Rule::new("self.all(n, isCIDR(n) || isIP(n))").message("notNets must be CIDRs such as 10.0.0.0/8 or addresses"))]
     pub not_nets: Option<Vec<String>>,
 
-    /// Ports (numbers or `from:to` ranges); needs the rule's protocol to be TCP, UDP, SCTP or
-    /// UDPLite.
+    /// Ports: numbers, `from:to` ranges, or names of container ports (resolved in the pod at
+    /// this end); needs the rule's protocol to be TCP, UDP, SCTP or UDPLite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(
-        "self.all(p, type(p) == int ? (p >= 1 && p <= 65535) : size(p) <= 11)"
-    ).message("ports must be numbers 1-65535 or ranges such as 8000:8080"))]
+        "self.all(p, type(p) == int ? (p >= 1 && p <= 65535) : size(p) <= 15)"
+    ).message("ports must be numbers 1-65535, ranges such as 8000:8080 or port names"))]
     pub ports: Option<Vec<IntOrString>>,
+
+    /// Ports the packet must not use (same forms as `ports`); needs a protocol with ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(
+        "self.all(p, type(p) == int ? (p >= 1 && p <= 65535) : size(p) <= 15)"
+    ).message("notPorts must be numbers 1-65535, ranges such as 8000:8080 or port names"))]
+    pub not_ports: Option<Vec<IntOrString>>,
 }
 
 impl GlobalNetworkPolicySpec {
@@ -222,13 +247,32 @@ pub struct PortRange {
     pub last: u16,
 }
 
+/// A Calico port entry: numbers and ranges, or the name of a container port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortMatch {
+    Range(PortRange),
+    Named(String),
+}
+
 /// A port entry that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("port {0:?} is neither a number 1-65535 nor a range from:to")]
+#[error("port {0:?} is neither a number 1-65535, a range from:to nor a port name (IANA_SVC_NAME)")]
 pub struct PortError(pub String);
 
-/// Parses a Calico port entry (a number, or `from:to`).
-pub fn parse_port(port: &IntOrString) -> Result<PortRange, PortError> {
+/// Whether `name` is a valid container port name (Kubernetes' IANA_SVC_NAME: at most 15
+/// lowercase letters, digits and single inner dashes, with at least one letter).
+pub fn is_port_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=15).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !name.contains("--")
+}
+
+/// Parses a Calico port entry (a number, `from:to`, or a port name).
+pub fn parse_port(port: &IntOrString) -> Result<PortMatch, PortError> {
     let bad = || {
         PortError(match port {
             IntOrString::Int(n) => n.to_string(),
@@ -236,17 +280,19 @@ pub fn parse_port(port: &IntOrString) -> Result<PortRange, PortError> {
         })
     };
     let number = |s: &str| s.trim().parse::<u16>().ok().filter(|n| *n > 0);
+    let range = |first, last| PortMatch::Range(PortRange { first, last });
     match port {
         IntOrString::Int(n) => {
             let n = u16::try_from(*n).ok().filter(|n| *n > 0).ok_or_else(bad)?;
-            Ok(PortRange { first: n, last: n })
+            Ok(range(n, n))
         }
         IntOrString::String(s) => match s.split_once(':') {
             Some((a, b)) => match (number(a), number(b)) {
-                (Some(first), Some(last)) if first <= last => Ok(PortRange { first, last }),
+                (Some(first), Some(last)) if first <= last => Ok(range(first, last)),
                 _ => Err(bad()),
             },
-            None => number(s).map(|n| PortRange { first: n, last: n }).ok_or_else(bad),
+            None if is_port_name(s) => Ok(PortMatch::Named(s.clone())),
+            None => number(s).map(|n| range(n, n)).ok_or_else(bad),
         },
     }
 }
@@ -257,7 +303,8 @@ mod tests {
 
     #[test]
     fn types_default_like_calico() {
-        let rule = PolicyRule { action: Action::Allow, protocol: None, source: None, destination: None };
+        let rule =
+            PolicyRule { action: Action::Allow, protocol: None, not_protocol: None, source: None, destination: None };
         let mut spec = GlobalNetworkPolicySpec::default();
         assert_eq!(spec.effective_types(), [PolicyType::Ingress]);
         spec.egress = Some(vec![rule.clone()]);
@@ -269,11 +316,15 @@ mod tests {
     }
 
     #[test]
-    fn ports_are_numbers_or_ranges() {
-        assert_eq!(parse_port(&IntOrString::Int(80)), Ok(PortRange { first: 80, last: 80 }));
-        assert_eq!(parse_port(&IntOrString::String("53".into())), Ok(PortRange { first: 53, last: 53 }));
-        assert_eq!(parse_port(&IntOrString::String("8000:8080".into())), Ok(PortRange { first: 8000, last: 8080 }));
-        for bad in ["0", "8080:8000", "http", "1:70000", ""] {
+    fn ports_are_numbers_ranges_or_names() {
+        let range = |first, last| Ok(PortMatch::Range(PortRange { first, last }));
+        assert_eq!(parse_port(&IntOrString::Int(80)), range(80, 80));
+        assert_eq!(parse_port(&IntOrString::String("53".into())), range(53, 53));
+        assert_eq!(parse_port(&IntOrString::String("8000:8080".into())), range(8000, 8080));
+        for name in ["http", "serve-80-tcp", "a1"] {
+            assert_eq!(parse_port(&IntOrString::String(name.into())), Ok(PortMatch::Named(name.into())), "{name}");
+        }
+        for bad in ["0", "8080:8000", "HTTP", "-http", "http-", "a--b", "web_port", "sixteen-chars-xx", "1:70000", ""] {
             assert!(parse_port(&IntOrString::String(bad.into())).is_err(), "{bad}");
         }
         assert!(parse_port(&IntOrString::Int(0)).is_err());

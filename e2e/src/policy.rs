@@ -196,3 +196,32 @@ pub fn check(targets: &[Target], case: &str, allowed: impl Fn(Port, &str, &str) 
     }
     if report.is_empty() { Ok(()) } else { Err(Error::Setup(format!("case {case}: truth table differs{report}"))) }
 }
+
+/// An open TCP connection from inside a pod to another pod's port 80, checked with a line echo:
+/// what a policy change must keep (allowed) or cut (newly denied).
+pub struct Connection(TcpStream, BufReader<TcpStream>);
+
+impl Connection {
+    pub fn open(from: &Target, to: &Target) -> Result<Connection> {
+        let addr = SocketAddr::new(to.ip, 80);
+        let stream = netns::enter(&from.netns, move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?
+            .map_err(|e| Error::io(format!("[{}] connect {addr}", from.netns), e))?;
+        let io = |e| Error::io(format!("[{}] connection to {addr}", from.netns), e);
+        stream.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(io)?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(io)?);
+        let mut hello = String::new();
+        reader.read_line(&mut hello).map_err(io)?;
+        if hello != "ok\n" {
+            return Err(Error::Setup(format!("unexpected greeting {hello:?} from {addr}")));
+        }
+        Ok(Connection(stream, reader))
+    }
+
+    /// Whether a line sent now comes back.
+    pub fn echoes(&mut self, text: &str) -> bool {
+        let mut line = String::new();
+        self.0.write_all(format!("{text}\n").as_bytes()).is_ok()
+            && self.1.read_line(&mut line).is_ok()
+            && line == format!("{text}\n")
+    }
+}

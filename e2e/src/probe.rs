@@ -124,6 +124,8 @@ pub fn udp_source_seen(from: &str, to: &str, dst: Ipv4Addr, port: u16, timeout: 
 /// A running `tcpdump` on one interface of one namespace.
 pub struct Capture {
     child: Option<Child>,
+    /// tcpdump exited by itself (after `-c` packets) and was reaped.
+    exited: bool,
     what: String,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
@@ -159,9 +161,24 @@ impl std::fmt::Display for Captured {
 impl Capture {
     /// Starts `tcpdump -i IFACE FILTER` in `ns` and returns once it is listening.
     pub fn start(ns: &str, iface: &str, filter: &str) -> Result<Capture> {
+        Capture::spawn(ns, iface, filter, None)
+    }
+
+    /// [`Capture::start`] that ends by itself after `count` packets (`tcpdump -c`): a capture
+    /// that cannot outlive what it is meant to see.
+    pub fn start_counted(ns: &str, iface: &str, filter: &str, count: usize) -> Result<Capture> {
+        Capture::spawn(ns, iface, filter, Some(count))
+    }
+
+    fn spawn(ns: &str, iface: &str, filter: &str, count: Option<usize>) -> Result<Capture> {
         let what = format!("[{ns}] tcpdump -i {iface} '{filter}'");
-        let mut child = cmd::ns_command(ns, "tcpdump")
-            .args(["-i", iface, "-n", "-l", "-p", "--immediate-mode", filter])
+        let mut command = cmd::ns_command(ns, "tcpdump");
+        command.args(["-i", iface, "-n", "-l", "-p", "--immediate-mode"]);
+        if let Some(n) = count {
+            command.args(["-c", &n.to_string()]);
+        }
+        let mut child = command
+            .arg(filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -190,7 +207,8 @@ impl Capture {
                 }
             }
         });
-        let mut capture = Capture { child: Some(child), what: what.clone(), lines, reader: Some(reader) };
+        let mut capture =
+            Capture { child: Some(child), exited: false, what: what.clone(), lines, reader: Some(reader) };
         let limit = scaled(Duration::from_secs(10));
         let deadline = Instant::now() + limit;
         let mut seen = Vec::new();
@@ -216,8 +234,35 @@ impl Capture {
         self.lines.lock().map(|v| v.len()).unwrap_or_default()
     }
 
+    /// Waits until `n` packets were seen or `timeout` passed; the count seen.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        while self.seen() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.seen()
+    }
+
+    /// Waits until tcpdump exits by itself (a [`Capture::start_counted`] capture that saw its
+    /// packets) or `timeout` passes; true if it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(child) = self.child.as_mut() {
+            match child.try_wait() {
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => return false,
+                Ok(Some(_)) | Err(_) => {
+                    self.exited = true;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Stops tcpdump (SIGINT, so it flushes) and returns what it saw. Packets still in
     /// flight get a moment to be printed first: stop once the count is stable for 300 ms.
+    /// Bounded: a tcpdump that has not exited 2 s after SIGINT is killed.
     pub fn stop(mut self) -> Captured {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut last = self.seen();
@@ -229,9 +274,15 @@ impl Capture {
             }
             last = now;
         }
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on the tcpdump process this guard spawned.
+        if let Some(mut child) = self.child.take().filter(|_| !self.exited) {
+            // SAFETY: kill(2) on the tcpdump process this guard spawned and has not reaped, so
+            // the pid is still its own.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
             let _ = child.wait();
         }
         if let Some(reader) = self.reader.take() {

@@ -668,6 +668,29 @@ fn global_policy_cases(n: &dyn Fn(&str) -> String) -> Vec<Case> {
             json!({"ingress": [{"action": "Allow", "source": {"notNets": ["example.com"]}}]}),
             Reject("notNets must be CIDRs"),
         ),
+        c(
+            "named-ports-and-negations",
+            json!({"selector": "all()",
+                   "ingress": [{"action": "Allow", "protocol": "TCP", "notProtocol": "UDP",
+                                "source": {"notSelector": "role == 'bad'", "notPorts": ["ephemeral", 7, "100:200"]},
+                                "destination": {"ports": ["http", 8080, "9000:9100"], "notPorts": ["metrics"]}}]}),
+            Accept,
+        ),
+        c(
+            "not-ports-without-protocol",
+            json!({"ingress": [{"action": "Allow", "destination": {"notPorts": [80]}}]}),
+            Reject("notPorts need a protocol with ports"),
+        ),
+        c(
+            "port-name-too-long",
+            json!({"ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": ["a-very-long-port-name"]}}]}),
+            Reject("ports must be numbers 1-65535, ranges such as 8000:8080 or port names"),
+        ),
+        c(
+            "bad-not-selector",
+            json!({"ingress": [{"action": "Allow", "source": {"notSelector": "app = 'web'"}}]}),
+            Reject("notSelector must be a Calico selector"),
+        ),
         c("unsupported-calico-field", json!({"doNotTrack": true}), Reject("unknown field \"spec.doNotTrack\"")),
     ]
 }

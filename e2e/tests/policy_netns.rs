@@ -6,9 +6,6 @@
 //! matrices.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -18,7 +15,7 @@ use trellis_agent::policy::{LocalPod, NamedPort, Pod, PolicyInputs, compile, int
 use trellis_api::EncapMode::Never;
 use trellis_api::GlobalNetworkPolicy;
 use trellis_e2e::netns;
-use trellis_e2e::policy::{self, Port, Target};
+use trellis_e2e::policy::{self, Connection, Port, Target};
 use trellis_e2e::topology::{DEFAULT_POOL, Topology, pool, v4};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
@@ -202,30 +199,6 @@ spec:
     Ok(())
 }
 
-/// An open TCP connection from inside a pod, with a line echo check.
-struct Connection(TcpStream, BufReader<TcpStream>);
-
-impl Connection {
-    fn open(from: &Target, to: &Target) -> Result<Connection> {
-        let addr = SocketAddr::new(to.ip, 80);
-        let stream = netns::enter(&from.netns, move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
-        stream.set_read_timeout(Some(policy::PROBE_TIMEOUT))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut hello = String::new();
-        reader.read_line(&mut hello)?;
-        ensure!(hello == "ok\n", "unexpected greeting {hello:?}");
-        Ok(Connection(stream, reader))
-    }
-
-    /// Whether a line sent now comes back.
-    fn echoes(&mut self, text: &str) -> bool {
-        let mut line = String::new();
-        self.0.write_all(format!("{text}\n").as_bytes()).is_ok()
-            && self.1.read_line(&mut line).is_ok()
-            && line == format!("{text}\n")
-    }
-}
-
 #[test]
 #[ignore = "root: network namespaces, CNI plugins, nftables"]
 fn policy_changes_keep_allowed_connections_and_cut_denied_ones() -> Result<()> {
@@ -346,6 +319,28 @@ spec:
         "drift on {node1} and {node2} not repaired by replacement: {outcomes:?}"
     );
     lab.check("after drift repair", with_pass)?;
+
+    // Calico's named ports and negations: into y only the port named serve-81-tcp; out of z
+    // only TCP, to pods not labelled pod=a, on any port but the peer's serve-81-tcp.
+    let named = [
+        gnp(r#"
+metadata: {name: into-y}
+spec:
+  selector: projectcalico.org/namespace == "y"
+  ingress: [{action: Allow, protocol: TCP, destination: {ports: [serve-81-tcp]}}]
+"#),
+        gnp(r#"
+metadata: {name: out-of-z}
+spec:
+  selector: projectcalico.org/namespace == "z"
+  egress: [{action: Allow, protocol: TCP, destination: {notSelector: pod == "a", notPorts: [serve-81-tcp]}}]
+"#),
+    ];
+    lab.apply(&[], &named)?;
+    lab.check("global named port, notSelector and notPorts", |port, from, to| {
+        (ns_of(to) != "y" || port == Port::Tcp(81))
+            && (ns_of(from) != "z" || (port == Port::Tcp(80) && !to.ends_with("/a")))
+    })?;
     lab.topo.finish()?;
     Ok(())
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use trellis_agent::k8s::agent::{self as k8s_agent, AgentConfig};
 use trellis_agent::kernel::caps;
 use trellis_agent::kernel::netlink::{self, NetlinkKernel};
+use trellis_agent::kernel::{privilege, sysctl};
 use trellis_agent::model::{Capabilities, DesiredState};
 use trellis_agent::reconcile::{self, LoopOptions, PassReport, SnapshotSource, SystemHost};
 use trellis_agent::snapshot::Snapshot;
@@ -32,6 +33,11 @@ use trellis_agent::snapshot::Snapshot;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where the agent reads and writes the net.* sysctls (they follow the agent's network
+    /// namespace). In a container /proc/sys is read-only: mount the host's /proc/sys/net
+    /// writable elsewhere (e.g. /host/proc/sys/net) and point this at it.
+    #[arg(long, global = true, env = "TRELLIS_SYSCTL_NET_DIR", default_value = sysctl::DEFAULT_NET_ROOT)]
+    sysctl_net_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +180,13 @@ fn render(error: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !cli.sysctl_net_dir.join("ipv4").is_dir() {
+        anyhow::bail!("--sysctl-net-dir {}: not a net sysctl tree (no ipv4/ in it)", cli.sysctl_net_dir.display());
+    }
+    sysctl::set_net_root(&cli.sysctl_net_dir);
+    if matches!(cli.command, Command::Apply { .. } | Command::Run(_)) {
+        privilege::check_self()?;
+    }
     match cli.command {
         Command::Plan { snapshot, output } => plan(snapshot, output).await,
         Command::Apply { snapshot, once, resync_interval } => apply(snapshot, once, resync_interval).await,

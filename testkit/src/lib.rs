@@ -3,8 +3,12 @@
 //! [`Netns`] is the one network-namespace helper (as flannel keeps one in `pkg/ns`): the node
 //! agent's netlink, nftables and CLI tests and the e2e test bed all create, enter and delete
 //! their namespaces through it. Errors are values ([`Error`]) so library code of the test bed
-//! can propagate them; tests unwrap.
+//! can propagate them; tests unwrap. [`cmd`] runs the tools (iproute2, nft, …) the tests check
+//! the kernel with.
 
+pub mod cmd;
+pub mod error;
 pub mod netns;
 
-pub use netns::{Error, Netns, Result};
+pub use error::{Error, Result};
+pub use netns::Netns;

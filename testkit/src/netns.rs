@@ -18,22 +18,10 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::cmd::{check, output, render, run};
+use crate::error::{Error, Result};
+
 const NETNS_DIR: &str = "/run/netns";
-
-/// What went wrong setting up or using a namespace.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("`{command}` exited with {status}\nstdout: {stdout}\nstderr: {stderr}")]
-    Command { command: String, status: String, stdout: String, stderr: String },
-    #[error("cannot run `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
-    #[error("{0}")]
-    Setup(String),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A named network namespace, deleted on drop.
 #[derive(Debug)]
@@ -239,31 +227,4 @@ pub fn unique_prefix(tag: &str) -> String {
 
 fn io(context: String, source: std::io::Error) -> Error {
     Error::Io { context, source }
-}
-
-fn render(program: &str, args: &[&str]) -> String {
-    std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ")
-}
-
-fn output(program: &str, args: &[&str]) -> Result<Output> {
-    Command::new(program).args(args).output().map_err(|source| Error::Spawn { command: render(program, args), source })
-}
-
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = output(program, args)?;
-    check(render(program, args), out)
-}
-
-fn check(command: String, out: Output) -> Result<String> {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(Error::Command {
-            command,
-            status: out.status.to_string(),
-            stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
 }

@@ -24,10 +24,12 @@
 //! [`teardown::teardown_all`] from its signal handler.
 
 pub mod container;
+pub mod helm_operator;
 pub mod kubelet;
 pub mod node;
 pub mod operator_install;
 pub mod pod;
+pub mod podman_runtime;
 pub mod process_runtime;
 pub mod runtime;
 pub mod teardown;
@@ -180,7 +182,9 @@ impl Cluster {
                 kubeconfig: kapi.kubeconfig().to_path_buf(),
                 namespace: NAMESPACE.into(),
                 daemon_set: AGENT_DAEMONSET.into(),
-                shared_paths: vec![PathBuf::from("/lib/modules")],
+                // The kernel's modules, and the sysctl tree, whose net.* entries follow the
+                // opener's network namespace (each node's agent sees its own).
+                shared_paths: vec![PathBuf::from("/lib/modules"), PathBuf::from("/proc/sys/net")],
                 extra_env: vec![
                     ("KUBECONFIG".into(), CONTAINER_KUBECONFIG.into()),
                     (
@@ -354,14 +358,28 @@ impl Cluster {
     /// the node), the network namespace, CNI ADD with the node's conflist (waiting for the
     /// agent to write it, as a runtime reports NetworkNotReady until then), the pod status.
     pub fn add_pod(&mut self, node: &str, namespace: &str, name: &str, labels: &[(&str, &str)]) -> Result<PodRef> {
+        self.add_pod_with_ports(node, namespace, name, labels, &[])
+    }
+
+    /// [`Cluster::add_pod`] with named container ports in the Pod (what named ports in network
+    /// policies resolve to).
+    pub fn add_pod_with_ports(
+        &mut self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        ports: &[pod::ContainerPort<'_>],
+    ) -> Result<PodRef> {
         let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let n = self.node(node)?.clone();
         let dir = self.cni_conf_dir(node)?;
         let conflist = probe::wait_until(&format!("a CNI conflist in {}", dir.display()), scaled(WAIT), || {
             pod::read_conflist(&dir).map_err(|e| e.to_string())
         })?;
+        let conflist = pod::node_view(conflist, &n.root);
         self.rt
-            .block_on(pod::create_object(self.client(), namespace, name, node, &labels))
+            .block_on(pod::create_object(self.client(), namespace, name, node, &labels, ports))
             .map_err(|e| kube_error(&format!("create Pod {namespace}/{name}"), e))?;
         let netns = format!("{}-{node}-{name}", self.topo.prefix);
         let running = crate::pod::Pod::create(&n.netns, 0, name, &netns, conflist)?;

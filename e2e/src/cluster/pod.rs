@@ -48,13 +48,38 @@ pub fn read_conflist(dir: &Path) -> Result<serde_json::Value> {
     cni::read_conflist(&path)
 }
 
-/// Creates the namespace (if missing) and the Pod object bound to `node`.
+/// The conflist as the node's container runtime sees it: the agent wrote the paths of its own
+/// view (a container's hostPath, e.g. host-local's `dataDir` `/var/lib/cni/networks`), and on
+/// this machine every node's host paths live below the node's root directory. A path already
+/// below `root` (the process runtime rewrites paths itself) stays.
+pub fn node_view(mut conflist: serde_json::Value, root: &Path) -> serde_json::Value {
+    if let Some(plugins) = conflist.get_mut("plugins").and_then(|p| p.as_array_mut()) {
+        for plugin in plugins {
+            if let Some(dir) = plugin.pointer_mut("/ipam/dataDir")
+                && let Some(path) = dir.as_str().map(Path::new)
+                && path.is_absolute()
+                && !path.starts_with(root)
+            {
+                let mapped = root.join(path.strip_prefix("/").unwrap_or(path));
+                *dir = serde_json::Value::String(mapped.to_string_lossy().into_owned());
+            }
+        }
+    }
+    conflist
+}
+
+/// A named container port a pod declares: (name, protocol `TCP`/`UDP`/`SCTP`, number).
+pub type ContainerPort<'a> = (&'a str, &'a str, u16);
+
+/// Creates the namespace (if missing) and the Pod object bound to `node`, its container
+/// declaring `ports`.
 pub async fn create_object(
     client: kube::Client,
     namespace: &str,
     name: &str,
     node: &str,
     labels: &BTreeMap<String, String>,
+    ports: &[ContainerPort<'_>],
 ) -> Result<(), kube::Error> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(namespace).await?.is_none() {
@@ -66,11 +91,15 @@ pub async fn create_object(
             Err(e) => return Err(e),
         }
     }
+    let ports: Vec<_> = ports
+        .iter()
+        .map(|(name, protocol, port)| json!({"name": name, "protocol": protocol, "containerPort": port}))
+        .collect();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": { "name": name, "namespace": namespace, "labels": labels },
         "spec": {
             "nodeName": node,
-            "containers": [{ "name": "app", "image": "registry.k8s.io/pause:3.10" }],
+            "containers": [{ "name": "app", "image": "registry.k8s.io/pause:3.10", "ports": ports }],
         },
     }))
     .map_err(kube::Error::SerdeError)?;
@@ -98,4 +127,23 @@ pub async fn report_running(client: kube::Client, pod: &PodRef, host_ip: Ipv4Add
         .patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(status))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_local_data_dir_is_mapped_below_the_node_root_once() {
+        let root = Path::new("/tmp/c/node1/root");
+        let conflist = json!({"plugins": [
+            {"type": "ptp", "ipam": {"type": "host-local", "dataDir": "/var/lib/cni/networks"}},
+            {"type": "portmap"},
+        ]});
+        let seen = node_view(conflist, root);
+        assert_eq!(seen["plugins"][0]["ipam"]["dataDir"], "/tmp/c/node1/root/var/lib/cni/networks");
+        // Already the node's path (the process runtime rewrote it): unchanged.
+        let again = node_view(seen.clone(), root);
+        assert_eq!(again, seen);
+    }
 }

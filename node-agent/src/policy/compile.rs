@@ -15,6 +15,7 @@ use trellis_api::Selector;
 
 use super::inputs::{Labels, Pod, PolicyInputs, Protocol};
 use super::label_selector::LabelSel;
+use super::problem::{PolicyRef, Problem};
 use super::rule::{Alternatives, Cond, End, Family, Line, Verdict};
 use super::ruleset::{NamedSet, Ruleset, SetKind};
 
@@ -33,6 +34,13 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The spec field of its rules (`ingress` / `egress`).
+    pub fn field(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
     pub fn short(self) -> &'static str {
         match self {
             Direction::Ingress => "in",
@@ -80,8 +88,8 @@ pub enum Group {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub ruleset: Ruleset,
-    /// Policies or parts of them that could not be used (with why).
-    pub warnings: Vec<String>,
+    /// Policies or parts of them that could not be used (with why), one per problem.
+    pub warnings: Vec<Problem>,
 }
 
 /// State while compiling: the inputs, the sets made so far, warnings.
@@ -89,7 +97,7 @@ pub struct Ctx<'a> {
     inputs: &'a PolicyInputs,
     namespaces: BTreeMap<String, Labels>,
     sets: BTreeMap<String, NamedSet>,
-    pub(super) warnings: Vec<String>,
+    warnings: Vec<Problem>,
 }
 
 fn hash(text: &str) -> String {
@@ -107,6 +115,11 @@ impl<'a> Ctx<'a> {
             labels.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.clone());
         }
         Ctx { inputs, namespaces, sets: BTreeMap::new(), warnings: Vec::new() }
+    }
+
+    /// Records that part of `policy` cannot be enforced as written.
+    pub fn warn(&mut self, policy: &PolicyRef, message: String) {
+        self.warnings.push(Problem { policy: policy.clone(), message });
     }
 
     pub fn inputs(&self) -> &'a PolicyInputs {
@@ -152,10 +165,25 @@ impl<'a> Ctx<'a> {
 
     /// Conditions "the address at `end` belongs to a pod of `group`" (one alternative per family).
     pub fn group_addresses(&mut self, end: End, group: &Group) -> Alternatives {
+        self.group_set(end, group, false)
+    }
+
+    /// Conditions "the address at `end` belongs to no pod of `group`" (one alternative per
+    /// family; addresses of no pod at all hold too).
+    pub fn not_group_addresses(&mut self, end: End, group: &Group) -> Alternatives {
+        self.group_set(end, group, true)
+    }
+
+    fn group_set(&mut self, end: End, group: &Group, negated: bool) -> Alternatives {
         let id = hash(&format!("{group:?}"));
         let mut out = Vec::new();
         for family in Family::BOTH {
             let name = format!("pods-{id}-{}", family.suffix());
+            out.push(vec![Cond::InSet { end, family, set: name.clone(), negated }]);
+            // Filled once per compile: many pods' rules name the same group.
+            if self.sets.contains_key(&name) {
+                continue;
+            }
             let members: Vec<String> = self
                 .inputs
                 .pods
@@ -163,19 +191,30 @@ impl<'a> Ctx<'a> {
                 .filter(|p| self.in_group(group, p))
                 .flat_map(|p| p.ips.iter().filter(|ip| Family::of_addr(ip) == family).map(ToString::to_string))
                 .collect();
-            self.add_set(name.clone(), SetKind::Addresses(family), members.into_iter());
-            out.push(vec![Cond::InSet { end, family, set: name }]);
+            self.add_set(name, SetKind::Addresses(family), members.into_iter());
         }
         Alternatives(out)
     }
 
-    /// Conditions "the destination is a pod of `group` and the destination port is its container
-    /// port named `port` with `protocol`".
-    pub fn group_named_port(&mut self, group: &Group, port: &str, protocol: Protocol) -> Alternatives {
+    /// Conditions "the address at `end` is a pod of `group` and the port at `end` is its
+    /// container port named `port` with `protocol`" (`negated`: not so; one alternative per
+    /// family).
+    pub fn group_named_port(
+        &mut self,
+        end: End,
+        group: &Group,
+        port: &str,
+        protocol: Protocol,
+        negated: bool,
+    ) -> Alternatives {
         let id = hash(&format!("{group:?} {port} {protocol:?}"));
         let mut out = Vec::new();
         for family in Family::BOTH {
             let name = format!("ports-{id}-{}", family.suffix());
+            out.push(vec![Cond::AddrProtoPort { end, family, set: name.clone(), negated }]);
+            if self.sets.contains_key(&name) {
+                continue;
+            }
             let members: Vec<String> = self
                 .inputs
                 .pods
@@ -189,8 +228,7 @@ impl<'a> Ctx<'a> {
                         .filter_map(move |ip| number.map(|n| format!("{ip} . {} . {n}", protocol.nft())))
                 })
                 .collect();
-            self.add_set(name.clone(), SetKind::NamedPorts(family), members.into_iter());
-            out.push(vec![Cond::AddrProtoPort { family, set: name }]);
+            self.add_set(name, SetKind::NamedPorts(family), members.into_iter());
         }
         Alternatives(out)
     }

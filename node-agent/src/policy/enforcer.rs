@@ -3,6 +3,9 @@
 //! (a pod's host route), every nftables notification about the policy table (drift) and every
 //! resync it rebuilds the inputs, compiles them and syncs the table.
 //!
+//! What the compiler cannot enforce is logged when it changes and reported as Warning Events
+//! on the policies ([`super::events`]).
+//!
 //! It runs beside the routing loop and shares nothing with it: a cluster without the
 //! NetworkPolicy API or the GlobalNetworkPolicy CRD delays policy (logged) and nothing else.
 //! Nothing is enforced before every store has listed once, so a start never compiles an empty
@@ -20,7 +23,9 @@ use trellis_api::GlobalNetworkPolicy;
 use super::apply::{Outcome, PolicyTable};
 use super::cluster::inputs_from_cluster;
 use super::compile::compile;
+use super::events::Reporter;
 use super::interfaces::{host_route_interfaces, subscribe_routes};
+use super::problem::Problem;
 use super::ruleset::TABLE;
 use crate::k8s::stores::{ClusterEvent, spawn_reflector};
 
@@ -36,7 +41,8 @@ pub async fn run(client: Client, node_name: String, resync: Duration) {
     let pods = spawn_reflector(Api::<Pod>::all(client.clone()), all(), "Pod", tx.clone());
     let namespaces = spawn_reflector(Api::<Namespace>::all(client.clone()), all(), "Namespace", tx.clone());
     let policies = spawn_reflector(Api::<NetworkPolicy>::all(client.clone()), all(), "NetworkPolicy", tx.clone());
-    let globals = spawn_reflector(Api::<GlobalNetworkPolicy>::all(client), all(), "GlobalNetworkPolicy", tx);
+    let globals = spawn_reflector(Api::<GlobalNetworkPolicy>::all(client.clone()), all(), "GlobalNetworkPolicy", tx);
+    let mut reporter = Reporter::new(client, node_name.clone());
     {
         let synced = async {
             let _ = pods.wait_until_ready().await;
@@ -66,7 +72,7 @@ pub async fn run(client: Client, node_name: String, resync: Duration) {
     }
 
     let mut table = Some(PolicyTable::new());
-    let mut warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<Problem> = Vec::new();
     loop {
         let mut failed = false;
         match host_route_interfaces().await {
@@ -88,6 +94,7 @@ pub async fn run(client: Client, node_name: String, resync: Duration) {
                     }
                     warnings = compiled.warnings;
                 }
+                reporter.report(&warnings).await;
                 let ruleset = compiled.ruleset;
                 let mut t = table.take().unwrap_or_default();
                 let (t, result) = match tokio::task::spawn_blocking(move || {

@@ -20,14 +20,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::compile::{Ctx, Direction, Group, Namespaces};
 use super::inputs::{Pod, Protocol};
 use super::label_selector::LabelSel;
+use super::problem::PolicyRef;
 use super::rule::{self, Alternatives, Cond, Line, Ports, Verdict};
 
-fn policy_name(p: &NetworkPolicy) -> String {
-    format!(
-        "NetworkPolicy {}/{}",
-        p.metadata.namespace.as_deref().unwrap_or_default(),
-        p.metadata.name.as_deref().unwrap_or_default()
-    )
+fn warn(ctx: &mut Ctx, policy: &NetworkPolicy, message: String) {
+    ctx.warn(&PolicyRef::kubernetes(policy), message);
 }
 
 /// The directions a policy governs (explicit or implied `policyTypes`).
@@ -58,7 +55,7 @@ pub fn lines(ctx: &mut Ctx, pod: &Pod, direction: Direction) -> Option<Vec<Line>
         let selector = match LabelSel::parse(&spec.pod_selector.clone().unwrap_or_default()) {
             Ok(s) => s,
             Err(e) => {
-                ctx.warnings.push(format!("{}: spec.podSelector: {e}; policy ignored", policy_name(policy)));
+                warn(ctx, policy, format!("spec.podSelector: {e}; policy ignored"));
                 continue;
             }
         };
@@ -90,19 +87,13 @@ enum Peer {
 }
 
 fn selector(ctx: &mut Ctx, policy: &NetworkPolicy, field: &str, s: &LabelSelector) -> Option<LabelSel> {
-    LabelSel::parse(s)
-        .map_err(|e| ctx.warnings.push(format!("{}: {field}: {e}; peer ignored", policy_name(policy))))
-        .ok()
+    LabelSel::parse(s).map_err(|e| warn(ctx, policy, format!("{field}: {e}; peer ignored"))).ok()
 }
 
 fn peer(ctx: &mut Ctx, policy: &NetworkPolicy, namespace: &str, p: &NetworkPolicyPeer, end: rule::End) -> Option<Peer> {
     if let Some(block) = &p.ip_block {
         let Ok(cidr) = block.cidr.parse::<ipnet::IpNet>() else {
-            ctx.warnings.push(format!(
-                "{}: ipBlock.cidr {:?} is not a CIDR; peer ignored",
-                policy_name(policy),
-                block.cidr
-            ));
+            warn(ctx, policy, format!("ipBlock.cidr {:?} is not a CIDR; peer ignored", block.cidr));
             return None;
         };
         let mut except = Vec::new();
@@ -110,8 +101,7 @@ fn peer(ctx: &mut Ctx, policy: &NetworkPolicy, namespace: &str, p: &NetworkPolic
             match e.parse::<ipnet::IpNet>() {
                 Ok(n) => except.push(n),
                 Err(_) => {
-                    ctx.warnings
-                        .push(format!("{}: ipBlock.except {e:?} is not a CIDR; peer ignored", policy_name(policy)));
+                    warn(ctx, policy, format!("ipBlock.except {e:?} is not a CIDR; peer ignored"));
                     return None;
                 }
             }
@@ -144,19 +134,22 @@ fn port_alternatives(
 ) -> Alternatives {
     let protocol_name = port.protocol.as_deref().unwrap_or("TCP");
     let Some(protocol) = Protocol::from_kubernetes(protocol_name) else {
-        ctx.warnings.push(format!("{}: unknown protocol {protocol_name:?}; port ignored", policy_name(policy)));
+        warn(ctx, policy, format!("unknown protocol {protocol_name:?}; port ignored"));
         return Alternatives::none();
     };
     let number = |ctx: &mut Ctx, n: i32| {
         let n = u16::try_from(n).ok().filter(|n| *n > 0);
         if n.is_none() {
-            ctx.warnings.push(format!("{}: port out of range; port ignored", policy_name(policy)));
+            warn(ctx, policy, "port out of range; port ignored".to_string());
         }
         n
     };
     let proto = Cond::Protocol(protocol);
-    let dport =
-        |first: u16, last: u16| Cond::Ports { end: rule::End::Destination, ranges: vec![Ports { first, last }] };
+    let dport = |first: u16, last: u16| Cond::Ports {
+        end: rule::End::Destination,
+        ranges: vec![Ports { first, last }],
+        negated: false,
+    };
     let addresses = match peer {
         Peer::Anyone => Alternatives::any(),
         Peer::Pods(group) => ctx.group_addresses(direction.remote(), group),
@@ -171,7 +164,7 @@ fn port_alternatives(
                 Some(e) => match number(ctx, e) {
                     Some(last) if last >= first => last,
                     _ => {
-                        ctx.warnings.push(format!("{}: endPort below port; port ignored", policy_name(policy)));
+                        warn(ctx, policy, "endPort below port; port ignored".to_string());
                         return Alternatives::none();
                     }
                 },
@@ -189,7 +182,7 @@ fn port_alternatives(
                     Peer::Pods(group) => group.clone(),
                     Peer::Anyone | Peer::Block(_) => Group::All,
                 };
-                let named = ctx.group_named_port(&group, name, protocol);
+                let named = ctx.group_named_port(rule::End::Destination, &group, name, protocol, false);
                 match peer {
                     Peer::Block(alts) => alts.and(&named),
                     _ => named,

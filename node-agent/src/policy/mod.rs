@@ -9,17 +9,21 @@
 //! * [`ruleset`] (pure): the table's content and the nft scripts between two contents (element
 //!   updates or one atomic replacement);
 //! * [`apply`]: runs the scripts and repairs drift;
+//! * [`problem`]: what the compiler could not enforce, per policy object; [`events`] reports it
+//!   as Warning Events on the object, once per policy generation across all nodes;
 //! * [`cluster`] and [`enforcer`]: the inputs from the Kubernetes API and the agent's loop.
 
 pub mod apply;
 pub mod cluster;
 pub mod compile;
 pub mod enforcer;
+pub mod events;
 pub mod global;
 pub mod inputs;
 pub mod interfaces;
 pub mod kubernetes;
 pub mod label_selector;
+pub mod problem;
 pub mod rule;
 pub mod ruleset;
 

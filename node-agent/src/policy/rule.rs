@@ -77,16 +77,18 @@ impl fmt::Display for Ports {
 /// A condition on a packet.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cond {
-    /// The address is in a named set of addresses.
-    InSet { end: End, family: Family, set: String },
+    /// The address is (not) in a named set of addresses.
+    InSet { end: End, family: Family, set: String, negated: bool },
     /// The address is (not) in one of these networks (one family).
     Nets { end: End, family: Family, nets: Vec<IpNet>, negated: bool },
     /// The transport protocol.
     Protocol(Protocol),
-    /// The port is in one of these ranges.
-    Ports { end: End, ranges: Vec<Ports> },
-    /// (destination address, protocol, destination port) is in a named set (named ports).
-    AddrProtoPort { family: Family, set: String },
+    /// Any transport protocol but this one.
+    NotProtocol(Protocol),
+    /// The port is (not) in one of these ranges.
+    Ports { end: End, ranges: Vec<Ports>, negated: bool },
+    /// (address, protocol, port) of one end is (not) in a named set (named ports).
+    AddrProtoPort { end: End, family: Family, set: String, negated: bool },
 }
 
 impl Cond {
@@ -98,9 +100,13 @@ impl Cond {
             }
             Cond::Protocol(Protocol::Icmp) => Some(Family::V4),
             Cond::Protocol(Protocol::IcmpV6) => Some(Family::V6),
-            Cond::Protocol(_) | Cond::Ports { .. } => None,
+            Cond::Protocol(_) | Cond::NotProtocol(_) | Cond::Ports { .. } => None,
         }
     }
+}
+
+fn not(negated: bool) -> &'static str {
+    if negated { "!= " } else { "" }
 }
 
 fn braced<T: fmt::Display>(items: &[T]) -> String {
@@ -114,14 +120,18 @@ fn braced<T: fmt::Display>(items: &[T]) -> String {
 impl fmt::Display for Cond {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cond::InSet { end, family, set } => write!(f, "{} {} @{set}", family.nft(), end.addr()),
+            Cond::InSet { end, family, set, negated } => {
+                write!(f, "{} {} {}@{set}", family.nft(), end.addr(), not(*negated))
+            }
             Cond::Nets { end, family, nets, negated } => {
-                let op = if *negated { "!= " } else { "" };
-                write!(f, "{} {} {op}{}", family.nft(), end.addr(), braced(nets))
+                write!(f, "{} {} {}{}", family.nft(), end.addr(), not(*negated), braced(nets))
             }
             Cond::Protocol(p) => write!(f, "meta l4proto {}", p.nft()),
-            Cond::Ports { end, ranges } => write!(f, "th {} {}", end.port(), braced(ranges)),
-            Cond::AddrProtoPort { family, set } => write!(f, "{} daddr . meta l4proto . th dport @{set}", family.nft()),
+            Cond::NotProtocol(p) => write!(f, "meta l4proto != {}", p.nft()),
+            Cond::Ports { end, ranges, negated } => write!(f, "th {} {}{}", end.port(), not(*negated), braced(ranges)),
+            Cond::AddrProtoPort { end, family, set, negated } => {
+                write!(f, "{} {} . meta l4proto . th {} {}@{set}", family.nft(), end.addr(), end.port(), not(*negated))
+            }
         }
     }
 }
@@ -219,6 +229,20 @@ impl Alternatives {
     }
 }
 
+/// Port ranges sorted, with overlapping and adjacent ones merged (anonymous interval sets
+/// refuse overlapping elements).
+pub fn merge_ports(mut ranges: Vec<Ports>) -> Vec<Ports> {
+    ranges.sort();
+    let mut out: Vec<Ports> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => last.last = last.last.max(r.last),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 /// Networks as conditions on one end: one alternative per family present (aggregated, so
 /// anonymous interval sets never see overlapping elements).
 pub fn nets(end: End, nets: &[IpNet], negated: bool) -> Alternatives {
@@ -247,12 +271,13 @@ mod tests {
     fn conditions_render_as_nft() {
         let line = Line::new(
             vec![
-                Cond::InSet { end: End::Source, family: Family::V4, set: "pods-1-v4".into() },
+                Cond::InSet { end: End::Source, family: Family::V4, set: "pods-1-v4".into(), negated: false },
                 Cond::Nets { end: End::Source, family: Family::V4, nets: vec![net("10.0.1.0/24")], negated: true },
                 Cond::Protocol(Protocol::Tcp),
                 Cond::Ports {
                     end: End::Destination,
                     ranges: vec![Ports { first: 80, last: 80 }, Ports { first: 90, last: 99 }],
+                    negated: false,
                 },
             ],
             Verdict::Allow,
@@ -261,17 +286,53 @@ mod tests {
             line.to_string(),
             "ip saddr @pods-1-v4 ip saddr != 10.0.1.0/24 meta l4proto tcp th dport { 80, 90-99 } return"
         );
-        let named = Line::new(vec![Cond::AddrProtoPort { family: Family::V6, set: "np-2-v6".into() }], Verdict::Drop);
+        let named = Line::new(
+            vec![Cond::AddrProtoPort {
+                end: End::Destination,
+                family: Family::V6,
+                set: "np-2-v6".into(),
+                negated: false,
+            }],
+            Verdict::Drop,
+        );
         assert_eq!(named.to_string(), "ip6 daddr . meta l4proto . th dport @np-2-v6 drop");
+        let negations = Line::new(
+            vec![
+                Cond::InSet { end: End::Destination, family: Family::V4, set: "pods-3-v4".into(), negated: true },
+                Cond::NotProtocol(Protocol::Udp),
+                Cond::Ports { end: End::Source, ranges: vec![Ports { first: 53, last: 53 }], negated: true },
+                Cond::AddrProtoPort { end: End::Source, family: Family::V4, set: "ports-4-v4".into(), negated: true },
+            ],
+            Verdict::Allow,
+        );
+        assert_eq!(
+            negations.to_string(),
+            "ip daddr != @pods-3-v4 meta l4proto != udp th sport != 53 ip saddr . meta l4proto . th sport != @ports-4-v4 return"
+        );
         assert_eq!(Line::new(vec![], Verdict::Log("a\"b".into())).to_string(), "log prefix \"ab\"");
+    }
+
+    #[test]
+    fn port_ranges_merge_when_they_overlap_or_touch() {
+        let p = |first, last| Ports { first, last };
+        assert_eq!(
+            merge_ports(vec![p(90, 99), p(80, 80), p(81, 85), p(95, 120), p(200, 200)]),
+            [p(80, 85), p(90, 120), p(200, 200)]
+        );
+        assert_eq!(merge_ports(vec![p(65535, 65535), p(1, 65535)]), [p(1, 65535)]);
+        assert!(merge_ports(vec![]).is_empty());
     }
 
     #[test]
     fn and_drops_combinations_of_different_families() {
         let addrs = nets(End::Source, &[net("10.0.0.0/8"), net("fd00::/8"), net("10.1.0.0/16")], false);
         assert_eq!(addrs.0.len(), 2, "one alternative per family, 10.1/16 merged into 10/8");
-        let v4_set =
-            Alternatives::one(vec![Cond::InSet { end: End::Destination, family: Family::V4, set: "s".into() }]);
+        let v4_set = Alternatives::one(vec![Cond::InSet {
+            end: End::Destination,
+            family: Family::V4,
+            set: "s".into(),
+            negated: false,
+        }]);
         let both = addrs.and(&v4_set);
         assert_eq!(both.0.len(), 1);
         assert_eq!(

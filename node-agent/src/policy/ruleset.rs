@@ -216,7 +216,7 @@ mod tests {
             "k8s-in-x".into(),
             vec![
                 Line::new(
-                    vec![Cond::InSet { end: End::Source, family: Family::V4, set: "pods-a-v4".into() }],
+                    vec![Cond::InSet { end: End::Source, family: Family::V4, set: "pods-a-v4".into(), negated: false }],
                     Verdict::Allow,
                 ),
                 Line::new(vec![], Verdict::Drop),

@@ -26,21 +26,23 @@ struct Packet<'a> {
 
 fn cond_holds(r: &Ruleset, c: &Cond, p: &Packet) -> bool {
     let addr = |end: &End| if *end == End::Source { p.src } else { p.dst };
+    let port = |end: &End| if *end == End::Source { p.sport } else { p.dport };
     match c {
-        Cond::InSet { end, family, set } => {
-            Family::of_addr(&addr(end)) == *family && r.sets[set].elements.contains(&addr(end).to_string())
+        Cond::InSet { end, family, set, negated } => {
+            Family::of_addr(&addr(end)) == *family && r.sets[set].elements.contains(&addr(end).to_string()) != *negated
         }
         Cond::Nets { end, family, nets, negated } => {
             Family::of_addr(&addr(end)) == *family && nets.iter().any(|n| n.contains(&addr(end))) != *negated
         }
         Cond::Protocol(proto) => p.protocol == *proto,
-        Cond::Ports { end, ranges } => {
-            let port = if *end == End::Source { p.sport } else { p.dport };
-            ranges.iter().any(|r| (r.first..=r.last).contains(&port))
+        Cond::NotProtocol(proto) => p.protocol != *proto,
+        Cond::Ports { end, ranges, negated } => {
+            ranges.iter().any(|r| (r.first..=r.last).contains(&port(end))) != *negated
         }
-        Cond::AddrProtoPort { family, set } => {
-            Family::of_addr(&p.dst) == *family
-                && r.sets[set].elements.contains(&format!("{} . {} . {}", p.dst, p.protocol.nft(), p.dport))
+        Cond::AddrProtoPort { end, family, set, negated } => {
+            Family::of_addr(&addr(end)) == *family
+                && r.sets[set].elements.contains(&format!("{} . {} . {}", addr(end), p.protocol.nft(), port(end)))
+                    != *negated
         }
     }
 }
@@ -367,4 +369,108 @@ spec:
     let compiled = compile(&cluster(vec![p], vec![bad]));
     assert_eq!(compiled.warnings.len(), 2, "{:?}", compiled.warnings);
     assert!(compiled.ruleset.ingress.is_empty());
+}
+
+#[test]
+fn global_named_ports_resolve_in_the_policed_pod_and_in_the_peers() {
+    // Into y: only the port named serve-81-tcp. Out of z: only serve-80-tcp of pods in x.
+    let into_y = gnp(r#"
+metadata: {name: into-y}
+spec:
+  selector: projectcalico.org/namespace == "y"
+  ingress: [{action: Allow, protocol: TCP, destination: {ports: [serve-81-tcp]}}]
+"#);
+    let out_of_z = gnp(r#"
+metadata: {name: out-of-z}
+spec:
+  selector: projectcalico.org/namespace == "z"
+  egress:
+  - action: Allow
+    protocol: TCP
+    destination: {selector: projectcalico.org/namespace == "x", ports: [serve-80-tcp, "1000:1001"]}
+"#);
+    let inputs = cluster(vec![], vec![into_y, out_of_z]);
+    check(&inputs, Protocol::Tcp, 80, |from, to| {
+        !to.starts_with("y/") && (!from.starts_with("z/") || to.starts_with("x/"))
+    });
+    check(&inputs, Protocol::Tcp, 81, |from, _| !from.starts_with("z/"));
+    check(&inputs, Protocol::Udp, 80, |from, to| !to.starts_with("y/") && !from.starts_with("z/"));
+    check(&inputs, Protocol::Tcp, 1001, |from, to| {
+        !to.starts_with("y/") && (!from.starts_with("z/") || to.starts_with("x/"))
+    });
+    // A name no pod has allows nothing (into-y still isolates y).
+    let unknown = gnp(r#"
+metadata: {name: into-y}
+spec:
+  selector: projectcalico.org/namespace == "y"
+  ingress: [{action: Allow, protocol: TCP, destination: {ports: [metrics]}}]
+"#);
+    check(&cluster(vec![], vec![unknown]), Protocol::Tcp, 81, |_, to| !to.starts_with("y/"));
+}
+
+#[test]
+fn global_not_selector_not_ports_and_not_protocol() {
+    // Into x: TCP from anyone but the pods labelled pod=a, on any port but 81.
+    let into_x = gnp(r#"
+metadata: {name: into-x}
+spec:
+  selector: projectcalico.org/namespace == "x"
+  ingress: [{action: Allow, protocol: TCP, source: {notSelector: pod == "a"}, destination: {notPorts: [81]}}]
+"#);
+    // Into y: anything but UDP.
+    let into_y = gnp(r#"
+metadata: {name: into-y}
+spec:
+  selector: projectcalico.org/namespace == "y"
+  ingress: [{action: Allow, notProtocol: UDP}]
+"#);
+    // Out of z: TCP to anything but a peer's port named serve-81-tcp.
+    let out_of_z = gnp(r#"
+metadata: {name: out-of-z}
+spec:
+  selector: projectcalico.org/namespace == "z"
+  egress: [{action: Allow, protocol: TCP, destination: {notPorts: [serve-81-tcp]}}]
+"#);
+    let inputs = cluster(vec![], vec![into_x, into_y, out_of_z]);
+    check(&inputs, Protocol::Tcp, 80, |from, to| !to.starts_with("x/") || !from.ends_with("/a"));
+    check(&inputs, Protocol::Tcp, 81, |from, to| !to.starts_with("x/") && !from.starts_with("z/"));
+    check(&inputs, Protocol::Udp, 80, |from, to| {
+        !to.starts_with("x/") && !to.starts_with("y/") && !from.starts_with("z/")
+    });
+    // notSelector on the policed side: the rule does not apply to x/b.
+    let not_b = gnp(r#"
+metadata: {name: into-x}
+spec:
+  selector: projectcalico.org/namespace == "x"
+  ingress: [{action: Allow, destination: {notSelector: pod == "b"}}]
+"#);
+    check(&cluster(vec![], vec![not_b]), Protocol::Udp, 80, |_, to| to != "x/b");
+}
+
+#[test]
+fn rules_that_cannot_be_enforced_are_problems_of_their_policy() {
+    let bad = gnp(r#"
+metadata: {name: bad-range, uid: u-1, generation: 4}
+spec:
+  selector: all()
+  ingress:
+  - action: Allow
+    protocol: TCP
+    destination: {ports: ["90:80"]}
+  - action: Allow
+    destination: {ports: [http]}
+"#);
+    let compiled = compile(&cluster(vec![], vec![bad]));
+    let messages: Vec<String> = compiled.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert!(messages[0].starts_with("GlobalNetworkPolicy bad-range: spec.ingress[0]: port \"90:80\""), "{messages:#?}");
+    assert!(messages[0].ends_with("; rule ignored"), "{messages:#?}");
+    assert_eq!(
+        messages[1],
+        "GlobalNetworkPolicy bad-range: spec.ingress[1]: named ports need the rule's protocol; rule ignored"
+    );
+    let policy = &compiled.warnings[0].policy;
+    assert_eq!((policy.uid.as_deref(), policy.generation), (Some("u-1"), Some(4)));
+    // Both rules left out: the selected pods are denied (end of the global policies).
+    assert!(compiled.ruleset.chains.values().all(|lines| lines.iter().all(|l| l.verdict == Verdict::Drop)));
 }

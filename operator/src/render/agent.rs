@@ -33,6 +33,12 @@ pub const ENV_CNI_CONF_DIR: &str = "TRELLIS_CNI_CONF_DIR";
 pub const ENV_IPAM_DATA_DIR: &str = "TRELLIS_IPAM_DATA_DIR";
 /// Address of the agent's /healthz, /readyz and /metrics.
 pub const ENV_HEALTH_ADDR: &str = "TRELLIS_HEALTH_ADDR";
+/// Where the agent reads and writes the `net.*` sysctls: the host's `/proc/sys/net`, mounted
+/// writable at [`SYSCTL_NET_MOUNT`] (an unprivileged container's own `/proc/sys` is read-only;
+/// the entries follow the opener's network namespace, the host's on the host network).
+pub const ENV_SYSCTL_NET_DIR: &str = "TRELLIS_SYSCTL_NET_DIR";
+/// Where the host's `/proc/sys/net` is mounted in the agent's container (Cilium's place).
+pub const SYSCTL_NET_MOUNT: &str = "/host/proc/sys/net";
 /// Optional: the agent's periodic resync (e.g. `30s`); the DaemonSet leaves it unset.
 pub const ENV_RESYNC_INTERVAL: &str = "TRELLIS_RESYNC_INTERVAL";
 
@@ -204,6 +210,7 @@ fn pod_template(inputs: &AgentInputs) -> PodTemplateSpec {
             env(ENV_CNI_CONF_DIR, &inputs.cni_conf_dir),
             env(ENV_IPAM_DATA_DIR, IPAM_DATA_DIR),
             env(ENV_HEALTH_ADDR, &health_addr),
+            env(ENV_SYSCTL_NET_DIR, SYSCTL_NET_MOUNT),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("health".into()),
@@ -225,6 +232,7 @@ fn pod_template(inputs: &AgentInputs) -> PodTemplateSpec {
             mount("cni-bin-dir", &inputs.cni_bin_dir, false),
             mount("ipam-data-dir", IPAM_DATA_DIR, false),
             mount("lib-modules", "/lib/modules", true),
+            mount("proc-sys-net", SYSCTL_NET_MOUNT, false),
         ]),
         ..Default::default()
     };
@@ -242,6 +250,7 @@ fn pod_template(inputs: &AgentInputs) -> PodTemplateSpec {
                 host_path("cni-bin-dir", &inputs.cni_bin_dir, "DirectoryOrCreate"),
                 host_path("ipam-data-dir", IPAM_DATA_DIR, "DirectoryOrCreate"),
                 host_path("lib-modules", "/lib/modules", "Directory"),
+                host_path("proc-sys-net", "/proc/sys/net", "Directory"),
             ]),
             ..Default::default()
         }),
@@ -383,6 +392,10 @@ mod tests {
         assert_eq!(mounted("ipam-data-dir").mount_path, IPAM_DATA_DIR);
         assert_eq!(host("lib-modules"), "/lib/modules");
         assert_eq!(mounted("lib-modules").read_only, Some(true));
+        assert_eq!(host("proc-sys-net"), "/proc/sys/net");
+        assert_eq!(mounted("proc-sys-net").mount_path, SYSCTL_NET_MOUNT);
+        assert_eq!(mounted("proc-sys-net").read_only, None);
+        assert_eq!(env_value(c, ENV_SYSCTL_NET_DIR).unwrap().value.as_deref(), Some(SYSCTL_NET_MOUNT));
     }
 
     #[test]
