@@ -122,6 +122,7 @@ impl Stream {
 
         let rx = bind_udp(to.netns(), UDP_PORT)?;
         rx.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| Error::io("udp read timeout", e))?;
+        deep_receive_buffer(&rx)?;
         let tx = bind_udp(from.netns(), 0)?;
         let listener = {
             let addr = SocketAddr::from(([0, 0, 0, 0], TCP_PORT));
@@ -215,6 +216,26 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Receive buffer of the UDP receiver: room for seconds of datagrams, so a receiver thread
+/// the scheduler leaves waiting (a loaded CI machine) does not overflow its socket and count
+/// the overflow as network loss. SO_RCVBUFFORCE (root) is not capped by `net.core.rmem_max`.
+const RECEIVE_BUFFER: libc::c_int = 16 << 20;
+
+fn deep_receive_buffer(socket: &UdpSocket) -> Result<()> {
+    let size = RECEIVE_BUFFER;
+    // SAFETY: a valid socket fd and a c_int option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(Error::io("SO_RCVBUFFORCE on the UDP receiver", std::io::Error::last_os_error())) }
 }
 
 fn udp_send(tx: UdpSocket, target: SocketAddr, started: Instant, interval: Duration, stop: &AtomicBool) -> UdpSent {

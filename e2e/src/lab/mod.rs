@@ -25,6 +25,7 @@ pub mod ipip_vm;
 pub mod mtu;
 pub mod nat;
 pub mod nodes;
+pub mod policy;
 pub mod pools;
 pub mod report;
 pub mod wire;
@@ -91,6 +92,7 @@ pub fn chapters(options: Options) -> Vec<Chapter> {
         },
         Chapter { title: "MTU per mode", run: mtu::run },
         Chapter { title: "NAT egress: what a server in the internet namespace sees", run: nat::run },
+        Chapter { title: "network policy: default deny, then the whitelist (TCP 80 matrix)", run: policy::run },
     ];
     if options.vm {
         all.push(Chapter {

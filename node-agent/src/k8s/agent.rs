@@ -9,7 +9,8 @@
 //!    if it changed, and wake the loop if the snapshot changed;
 //! 4. the existing reconcile loop ([`crate::reconcile::run`]) with a [`ClusterSource`], woken
 //!    by kernel events and cluster changes on one channel;
-//! 5. the status reporter: writes the NodeNetwork status after passes whose outcome changed.
+//! 5. the status reporter: writes the NodeNetwork status after passes whose outcome changed;
+//! 6. the drift reporter: an Event on the Node for drift a pass repaired ([`super::drift`]).
 //!
 //! A restart adopts the kernel as it is: the first pass plans from a complete snapshot, so it
 //! changes only what differs (nothing, after a plain restart).
@@ -18,16 +19,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{Api, Client};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use trellis_api::NodeNetwork;
 
 use super::autodetect::{self, Facts, Method};
 use super::cluster_snapshot::{LocalIdentity, Settings, snapshot_from_cluster};
+use super::drift;
 use super::health;
 use super::metrics::Metrics;
 use super::node_network;
@@ -66,6 +69,9 @@ pub enum AgentError {
 /// Quiet time after a cluster change before the snapshot is rebuilt (a burst of watch events,
 /// e.g. a re-list, costs one rebuild).
 const CLUSTER_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Drift Events: this many at once, then one per [`DRIFT_EVENT_EVERY`].
+const DRIFT_EVENT_BURST: u32 = 10;
+const DRIFT_EVENT_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
@@ -135,6 +141,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     forward_kernel_events(events_tx.clone());
     let cluster_changed = Arc::new(AtomicBool::new(false));
     let (outcome_tx, outcome_rx) = tokio::sync::watch::channel(None::<PassOutcome>);
+    let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
 
     let mut source = ClusterSource::new(shared.clone(), None, cluster.settings.vxlan.device.clone());
     let options = LoopOptions { resync_interval: config.resync_interval, ..Default::default() };
@@ -162,9 +169,17 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             };
             metrics.record_pass(label, changes, errors, took, outcome.ready());
             outcome_tx.send_replace(Some(outcome));
+            if let Ok(report) = result {
+                let repairs = drift::repairs(matches!(label, "kernel" | "resync"), report);
+                if !repairs.is_empty() {
+                    tracing::warn!(?repairs, "kernel state changed outside Trellis: restored");
+                    let _ = drift_tx.send(repairs);
+                }
+            }
         }
     };
     let cluster_loop = cluster.follow(cluster_rx, events_tx, cluster_changed, config.resync_interval);
+    let drift_loop = report_drift(client.clone(), config.node_name.clone(), stores.clone(), drift_rx);
     let status_loop = report_status(Api::all(client.clone()), config.node_name.clone(), stores, outcome_rx, metrics);
     let policy_loop = async {
         if config.network_policy {
@@ -177,6 +192,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         () = reconcile::run(&kernel, &mut source, &SystemHost, options, Some(events_rx), shutdown, on_pass) => {}
         () = cluster_loop => {}
         () = status_loop => {}
+        () = drift_loop => {}
         () = policy_loop => {}
     }
     Ok(())
@@ -365,6 +381,33 @@ impl ClusterSide {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Publishes an Event on this node's Node object for every drift repair the budget allows
+/// (see [`super::drift`]). Runs until the channel closes.
+async fn report_drift(client: Client, node: String, stores: Stores, mut repairs: UnboundedReceiver<Vec<String>>) {
+    let reporter = Reporter { controller: "trellis-agent".into(), instance: Some(node.clone()) };
+    let mut budget = drift::EventBudget::new(DRIFT_EVENT_BURST, DRIFT_EVENT_EVERY, Instant::now());
+    while let Some(found) = repairs.recv().await {
+        let Some(unreported) = budget.admit(Instant::now()) else { continue };
+        let Some(object) = stores.node(&node) else {
+            tracing::warn!(%node, "no Node object: drift Event not published");
+            continue;
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: drift::REASON.into(),
+            note: Some(drift::note(&found, unreported)),
+            action: "Restore".into(),
+            secondary: None,
+        };
+        // A recorder per Event: a shared one folds a second Event of the same reason into the
+        // first and keeps the first note, and each repair names different state.
+        let recorder = Recorder::new(client.clone(), reporter.clone());
+        if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish the drift Event");
         }
     }
 }

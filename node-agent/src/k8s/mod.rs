@@ -7,12 +7,14 @@
 //! * [`source`]: the reconcile loop's desired-state source (latest good snapshot);
 //! * [`node_network`]: the NodeNetwork spec this node publishes;
 //! * [`status`]: the NodeNetwork status (what the last pass applied);
+//! * [`drift`]: Events for kernel state changed outside Trellis that a pass restored;
 //! * [`metrics`] and [`health`]: `/healthz`, `/readyz`, `/metrics`;
 //! * [`agent`]: the wiring.
 
 pub mod agent;
 pub mod autodetect;
 pub mod cluster_snapshot;
+pub mod drift;
 pub mod health;
 pub mod host;
 pub mod metrics;
