@@ -23,6 +23,7 @@ use crate::kernel::{ApplyReport, ChangeFailure, Kernel, KernelError, apply_refus
 use crate::model::{Capabilities, Change, CniConfig, DesiredState, NatPlan};
 use crate::snapshot::{Snapshot, SnapshotError};
 
+pub mod heap;
 pub mod sysctls;
 pub use sysctls::SysctlKeeper;
 
@@ -424,6 +425,8 @@ pub async fn run<K, S, H>(
             Err(error) => tracing::error!(?trigger, %error, took_ms, "pass failed"),
         }
         on_pass(trigger, &result);
+        drop(result);
+        heap::release_free_memory();
 
         if not_sticking {
             tokio::select! {
