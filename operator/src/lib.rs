@@ -12,6 +12,7 @@ pub mod conditions;
 pub mod config;
 pub mod controllers;
 pub mod health;
+pub mod heap;
 pub mod ipam;
 pub mod ippool;
 pub mod lease;
@@ -135,6 +136,7 @@ pub async fn run_with_client(
     let shutdown: Stop = shutdown.boxed().shared();
     let metrics = Arc::new(metrics::Metrics::default());
     let health = health::serve(config.health_addr, metrics.clone(), shutdown.clone()).await?;
+    heap::spawn_trimmer(shutdown.clone());
     ensure_namespace(&client, &config.namespace).await?;
 
     let identity = config.identity();
