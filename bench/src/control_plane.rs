@@ -52,7 +52,7 @@ fn sim_node(j: u32) -> SimNode {
 
 /// Stamps NodeNetwork reports as they arrive.
 async fn watch_reports(api: Api<NodeNetwork>, seen: Seen) {
-    let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
     while let Some(item) = stream.next().await {
         let Ok(nn) = item else { continue };
         let now = Instant::now();
@@ -105,7 +105,7 @@ pub fn run(
     let populate = rt.block_on(simulated::create(&client, (0..simulated_nodes).map(sim_node).collect()))?;
 
     let seen: Seen = Arc::default();
-    rt.spawn(watch_reports(Api::all(client.clone()), seen.clone()));
+    let reports = rt.spawn(watch_reports(Api::all(client.clone()), seen.clone()));
     let mut running = Vec::new();
     for node in &topo.nodes {
         rt.block_on(
@@ -236,7 +236,12 @@ pub fn run(
     for mut a in running {
         a.stop();
     }
+    // Stop the watch before its API server goes (it would retry, with backoff, until the
+    // runtime is dropped), and do not wait for the runtime's tasks.
+    reports.abort();
     drop(_forwards);
     topo.finish()?;
+    drop(kapi);
+    rt.shutdown_background();
     Ok(())
 }

@@ -16,7 +16,7 @@ fn every_benchmark_runs_at_smoke_size_and_reports_each_figure() {
     for figure in [
         "first apply, 50 VXLAN peers",
         "no-op resync, 50 VXLAN peers",
-        "no-op pass inside the agent, 50 peers",
+        "no-op pass inside the running agent, 50 peers",
         "agent RSS, 50 peers",
         "agent CPU while nothing changes",
         "operator RSS, 20 nodes",

@@ -154,19 +154,22 @@ impl Matrix {
 
 impl fmt::Display for Matrix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:8}", self.port.to_string())?;
+        // Columns as wide as the longest name (`x/a` or `pod-a`), so headers never run together.
+        let width = self.names.iter().map(|n| n.chars().count()).max().unwrap_or(0) + 2;
+        let first = width.max(8);
+        write!(f, "{:first$}", self.port.to_string())?;
         for to in &self.names {
-            write!(f, "{to:>5}")?;
+            write!(f, "{to:>width$}")?;
         }
         for from in &self.names {
-            write!(f, "\n{from:8}")?;
+            write!(f, "\n{from:first$}")?;
             for to in &self.names {
                 let mark = match self.cells.get(&(from.clone(), to.clone())) {
                     None => ".",
                     Some(true) => "✓",
                     Some(false) => "✗",
                 };
-                write!(f, "{mark:>5}")?;
+                write!(f, "{mark:>width$}")?;
             }
         }
         Ok(())

@@ -52,7 +52,7 @@ enum Command {
     },
     /// Apply the snapshot: kernel state, NAT, CNI conflist, sysctls.
     Apply {
-        /// Snapshot file (YAML or JSON); re-read on every pass.
+        /// Snapshot file (YAML or JSON); read again whenever it changes.
         #[arg(long)]
         snapshot: PathBuf,
         /// One pass, print a summary, exit non-zero if anything failed to apply.
@@ -236,11 +236,12 @@ async fn plan(path: PathBuf, output: Output) -> anyhow::Result<ExitCode> {
 }
 
 async fn apply(path: PathBuf, once: bool, resync_interval: u64) -> anyhow::Result<ExitCode> {
-    // Fail early on an unreadable snapshot; later passes re-read it and report errors instead.
-    let snapshot = Snapshot::from_file(&path)?;
-    let kernel = NetlinkKernel::new()?.with_vxlan_device(&snapshot.vxlan.device);
     // Tunnel support is probed on the first pass whose pools need it, not here.
     let mut source = SnapshotSource::detecting(path);
+    // Fail early on an unreadable snapshot; later passes read it again when it changed and
+    // report errors instead.
+    let snapshot = source.load()?;
+    let kernel = NetlinkKernel::new()?.with_vxlan_device(&snapshot.vxlan.device);
     if once {
         let report = reconcile::pass(&kernel, &mut source, &SystemHost).await?;
         for (pool, error) in &report.pool_errors {

@@ -16,8 +16,9 @@
 //! node) keeps its source. Overlapping pool CIDRs are merged first (an interval set rejects
 //! overlapping elements).
 //!
-//! [`sync`] reads the table back (`nft -j list table inet trellis`) and compares its content
-//! with [`render`]'s in a normalized form (handles and element order ignored). Only when they
+//! [`sync`] asks the kernel whether the table exists (one netlink request, see
+//! [`crate::kernel::nft_table`]: no process when there is no table and no NAT); if it does, it
+//! reads it back (`nft -j list table inet trellis`) and compares its content with [`render`]'s in a normalized form (handles and element order ignored). Only when they
 //! differ is the table replaced, in ONE nft transaction: `add table` (so the next command
 //! cannot fail), `delete table` (drops whatever is there, also foreign additions), `add table`
 //! plus the new content. The kernel applies the batch atomically: packets see either the old
@@ -36,6 +37,8 @@ use nftables::schema::{Chain, NfListObject, NfObject, Nftables, Rule, Set, SetFl
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
+use crate::kernel::nft_events::NFPROTO_INET;
+use crate::kernel::nft_table;
 use crate::model::NatPlan;
 
 /// Name of the one nftables table Trellis owns.
@@ -58,11 +61,15 @@ pub enum NatError {
     Apply(String),
 }
 
-/// The nft error with nft's own explanation (its stderr), which the crate's message omits.
-fn describe(e: NftablesError) -> String {
+/// The nft error with nft's own explanation (its stderr), which the crate's message omits;
+/// `or` wraps everything but a missing `nft` program.
+fn describe(e: NftablesError, or: fn(String) -> NatError) -> NatError {
     match e {
-        NftablesError::NftFailed { hint, stderr, .. } => format!("nft failed while {hint}: {}", stderr.trim()),
-        other => other.to_string(),
+        NftablesError::NftExecution { inner, .. } if inner.kind() == std::io::ErrorKind::NotFound => {
+            NatError::NftMissing(inner.to_string())
+        }
+        NftablesError::NftFailed { hint, stderr, .. } => or(format!("nft failed while {hint}: {}", stderr.trim())),
+        other => or(other.to_string()),
     }
 }
 
@@ -242,18 +249,10 @@ impl Content {
     }
 }
 
-/// Whether the calling thread's namespace has the table.
+/// Whether the calling thread's namespace has the table: one netlink request, no `nft` process
+/// (a pass without NAT asks this every time).
 fn table_exists() -> Result<bool, NatError> {
-    let tables =
-        helper::get_current_ruleset_with_args(DEFAULT_NFT, &["list", "tables", "inet"]).map_err(|e| match e {
-            NftablesError::NftExecution { inner, .. } if inner.kind() == std::io::ErrorKind::NotFound => {
-                NatError::NftMissing(inner.to_string())
-            }
-            other => NatError::Read(describe(other)),
-        })?;
-    Ok(tables.objects.iter().any(
-        |o| matches!(o, NfObject::ListObject(NfListObject::Table(t)) if t.name == TABLE && t.family == NfFamily::INet),
-    ))
+    nft_table::exists(NFPROTO_INET, TABLE).map_err(|e| NatError::Read(e.to_string()))
 }
 
 /// The current content, `None` when there is no table. A table nft lists in a form this crate
@@ -263,7 +262,7 @@ fn current() -> Result<Option<Content>, NatError> {
         return Ok(None);
     }
     let raw = helper::get_current_ruleset_raw(DEFAULT_NFT, &["list", "table", "inet", TABLE])
-        .map_err(|e| NatError::Read(describe(e)))?;
+        .map_err(|e| describe(e, NatError::Read))?;
     let parsed: Result<Nftables, _> = serde_json::from_str(&raw);
     Ok(Some(match parsed {
         Ok(n) => Content::of(n.objects.iter().filter_map(|o| match o {
@@ -288,18 +287,14 @@ fn replace(objects: Vec<NfListObject<'static>>) -> Result<(), NatError> {
             batch.add(object);
         }
     }
-    helper::apply_ruleset(&batch.to_nftables()).map_err(|e| NatError::Apply(describe(e)))
+    helper::apply_ruleset(&batch.to_nftables()).map_err(|e| describe(e, NatError::Apply))
 }
 
 /// Makes the host's `inet trellis` table match `plan` (atomically replaced, deleted when the plan
 /// is empty), in the calling thread's network namespace. Returns whether anything changed.
 pub fn sync(plan: &NatPlan) -> Result<bool, NatError> {
     let desired = render(plan);
-    let current = match current() {
-        // Without nft there can be no table of ours to remove: nothing to do, no error.
-        Err(NatError::NftMissing(_)) if desired.is_empty() => return Ok(false),
-        other => other?,
-    };
+    let current = current()?;
     let changed = match (&current, desired.is_empty()) {
         (None, true) => false,
         (Some(_), true) => true,

@@ -71,9 +71,9 @@ impl Host for SystemHost {
     }
 }
 
-/// The standalone source: a snapshot file, re-read on every pass (editing the file is how
-/// standalone mode gets live changes), planned against fixed capabilities or against what the
-/// kernel answers when a pool needs it ([`CapabilityCache`]).
+/// The standalone source: a snapshot file, read again whenever it changed (editing the file is
+/// how standalone mode gets live changes), planned against fixed capabilities or against what
+/// the kernel answers when a pool needs it ([`CapabilityCache`]).
 pub struct SnapshotSource {
     pub path: PathBuf,
     /// Fixed capabilities; `None`: probed lazily (see [`crate::kernel::caps`]).
@@ -82,6 +82,33 @@ pub struct SnapshotSource {
     pub detected: CapabilityCache,
     /// `vxlan.device` of the last snapshot read.
     pub vxlan_device: String,
+    /// The last snapshot parsed and the version of the file it came from.
+    parsed: Option<(FileVersion, Snapshot)>,
+}
+
+/// What tells one version of a file from another without reading it: a write changes the
+/// size or the change time (which no one can set back), a replacement changes the inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileVersion {
+    dev: u64,
+    inode: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileVersion {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            inode: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 impl SnapshotSource {
@@ -92,13 +119,34 @@ impl SnapshotSource {
 
     /// Probes the kernel for a tunnel kind only when a pool of the snapshot needs it.
     pub fn detecting(path: PathBuf) -> Self {
-        Self { path, caps: None, detected: CapabilityCache::default(), vxlan_device: DEFAULT_VXLAN_DEVICE.to_string() }
+        Self {
+            path,
+            caps: None,
+            detected: CapabilityCache::default(),
+            vxlan_device: DEFAULT_VXLAN_DEVICE.to_string(),
+            parsed: None,
+        }
+    }
+
+    /// The snapshot in the file, parsed again only when the file changed since the last read
+    /// (parsing thousands of peers costs more than the rest of a pass that changes nothing).
+    pub fn load(&mut self) -> Result<Snapshot, SnapshotError> {
+        // The version is taken before the read: a write in between makes the next call read again.
+        let version = FileVersion::of(&self.path);
+        if let (Some(version), Some((seen, snapshot))) = (&version, &self.parsed)
+            && version == seen
+        {
+            return Ok(snapshot.clone());
+        }
+        let snapshot = Snapshot::from_file(&self.path)?;
+        self.parsed = version.map(|v| (v, snapshot.clone()));
+        Ok(snapshot)
     }
 }
 
 impl<K: Kernel> DesiredSource<K> for SnapshotSource {
     async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError> {
-        let snapshot = Snapshot::from_file(&self.path)?;
+        let snapshot = self.load()?;
         self.vxlan_device = snapshot.vxlan.device.clone();
         let caps = match self.caps {
             Some(caps) => caps,
@@ -341,7 +389,10 @@ pub async fn run<K, S, H>(
     let mut not_sticking = false;
     let mut sysctls = SysctlKeeper::default();
     loop {
+        let started = std::time::Instant::now();
         let result = pass_keeping(kernel, source, host, &mut sysctls).await;
+        // The pass's own duration in ms, to 10 µs (desired state, kernel read, diff, apply, host sync).
+        let took_ms = (started.elapsed().as_secs_f64() * 1e5).round() / 100.0;
         let applied = result.as_ref().map(|r| r.kernel.applied.clone()).unwrap_or_default();
         // Changes the kernel accepts but that do not read back as applied would be re-applied
         // by every pass, and their echo would trigger the next one: a hot loop. Seen twice in a
@@ -367,10 +418,10 @@ pub async fn run<K, S, H>(
         };
         match &result {
             Ok(report) if report.changes() > 0 || !report.ok() => {
-                tracing::info!(?trigger, counts = ?report.counts(), failed = report.kernel.failed.len(), "pass done")
+                tracing::info!(?trigger, counts = ?report.counts(), failed = report.kernel.failed.len(), took_ms, "pass done")
             }
-            Ok(_) => tracing::debug!(?trigger, "pass done, nothing to change"),
-            Err(error) => tracing::error!(?trigger, %error, "pass failed"),
+            Ok(_) => tracing::debug!(?trigger, took_ms, "pass done, nothing to change"),
+            Err(error) => tracing::error!(?trigger, %error, took_ms, "pass failed"),
         }
         on_pass(trigger, &result);
 

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
+            cleanup::hold_if_interrupted();
             eprintln!("lab: {e:#}");
             ExitCode::FAILURE
         }

@@ -101,7 +101,8 @@ impl PodRuntime for PodmanRuntime {
         let run = self.run_spec(node, spec)?;
         let started = run.start()?;
         let describe = format!("{}/{}/{} container {}", node.name, spec.pod, spec.name, started.name);
-        Ok(Box::new(PodmanContainer { started: Some(started), describe }))
+        let pid = started.pid().ok();
+        Ok(Box::new(PodmanContainer { started: Some(started), describe, pid }))
     }
 }
 
@@ -109,6 +110,9 @@ impl PodRuntime for PodmanRuntime {
 struct PodmanContainer {
     started: Option<Started>,
     describe: String,
+    /// The container's main process on the host: while it is in /proc the container runs, so
+    /// the kubelet's 4 Hz status polls cost no `podman inspect` (each one is a podman process).
+    pid: Option<i32>,
 }
 
 impl RunningContainer for PodmanContainer {
@@ -132,6 +136,7 @@ impl RunningContainer for PodmanContainer {
     fn exited(&mut self) -> Option<i32> {
         match &self.started {
             None => Some(128 + libc::SIGKILL),
+            Some(_) if self.pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) => None,
             Some(s) => s.exit_code(),
         }
     }

@@ -14,6 +14,7 @@
 //! `lab down` ([`down`], `make lab-down`) stops a running lab and removes whatever is left.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -77,6 +78,29 @@ impl Drop for WorkDir {
     }
 }
 
+/// Set once a signal started the teardown: the main thread must not touch the cluster again.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Parks the calling thread for good once a signal started the teardown (the signal thread
+/// removes everything and exits the process); returns at once otherwise.
+pub fn hold_if_interrupted() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
+}
+
+/// Declared after the cluster, it is dropped before it: after a signal the cluster's own
+/// destructors do not race the signal thread's teardown (which would only print errors about
+/// namespaces already gone).
+#[derive(Debug)]
+pub struct HoldOnInterrupt;
+
+impl Drop for HoldOnInterrupt {
+    fn drop(&mut self) {
+        hold_if_interrupted();
+    }
+}
+
 /// A thread that waits for SIGINT or SIGTERM, then removes the lab and exits 130. Installed
 /// as a handler (tokio's, no blocked signal masks: children such as tcpdump inherit masks).
 pub fn tear_down_on_signal() -> Result<()> {
@@ -105,6 +129,7 @@ pub fn tear_down_on_signal() -> Result<()> {
             }
         });
         let Some(sig) = sig else { return };
+        INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("\nlab: {sig}: tearing down");
         let mut left = teardown::teardown_all();
         if let Err(e) = remove_leftovers() {

@@ -20,7 +20,7 @@ pub fn run(lab: &mut Lab) -> Result<()> {
     for p in &pods {
         header.push_str(&format!("{:>W$}", format!("{} ({})", p.name, p.node)));
     }
-    header.push_str(&format!("{:>W$}", format!("internet {INTERNET}")));
+    header.push_str(&format!("{:>W$}", "internet"));
     println!("{header}");
     let (mut ok_pairs, mut pairs, mut ok_inet) = (0, 0, 0);
     for a in &pods {

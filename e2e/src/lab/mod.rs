@@ -25,6 +25,7 @@ pub mod ipip_vm;
 pub mod mtu;
 pub mod nat;
 pub mod nodes;
+pub mod policy;
 pub mod pools;
 pub mod report;
 pub mod wire;
@@ -91,6 +92,7 @@ pub fn chapters(options: Options) -> Vec<Chapter> {
         },
         Chapter { title: "MTU per mode", run: mtu::run },
         Chapter { title: "NAT egress: what a server in the internet namespace sees", run: nat::run },
+        Chapter { title: "network policy: default deny, then the whitelist (TCP 80 matrix)", run: policy::run },
     ];
     if options.vm {
         all.push(Chapter {
@@ -132,6 +134,7 @@ pub fn run(options: Options) -> Result<bool> {
         .runtime(Arc::new(runtime.clone()))
         .operator(Box::new(HelmOperator::new(runtime)));
     let mut cluster = Cluster::up(spec)?;
+    let _hold = cleanup::HoldOnInterrupt;
     cluster.wait_ready()?;
     println!("  converged after {:.0?}", t0.elapsed());
     containers(&cluster, &mut summary)?;
@@ -142,10 +145,13 @@ pub fn run(options: Options) -> Result<bool> {
         pods.push(pod);
     }
     let mut lab = Lab { cluster, pods, summary };
+    let _hold_lab = cleanup::HoldOnInterrupt;
 
     for chapter in chapters(options) {
         section(chapter.title);
-        if let Err(e) = (chapter.run)(&mut lab) {
+        let outcome = (chapter.run)(&mut lab);
+        cleanup::hold_if_interrupted();
+        if let Err(e) = outcome {
             lab.summary.failed(chapter.title, "the chapter runs", format!("{e:#}"));
         }
     }

@@ -2,6 +2,7 @@
 //!
 //! Asking `/proc/modules` or `modinfo` is unreliable (built-in modules, containers without
 //! `/lib/modules`), so we ask the kernel itself, cheapest first: the device already exists;
+//! the module is loaded (`/sys/module/<m>`: a yes, but its absence proves nothing);
 //! `modprobe` loads the module (which creates `tunl0`); creating a throw-away device of that kind
 //! works. "File exists" when creating an `ipip` device also means yes: the module is there and its
 //! fallback device `tunl0` already has those parameters. Any error means "no" — a kernel without
@@ -52,6 +53,13 @@ pub trait LinkProbe {
     async fn try_create(&self, kind: TunnelKind, name: &str) -> ProbeOutcome;
     /// `modprobe <module>`; whether it succeeded.
     fn load_module(&self, module: &str) -> bool;
+    /// Whether the module is loaded already (see [`module_loaded`]).
+    fn module_loaded(&self, module: &str) -> bool;
+}
+
+/// Whether a module is loaded (or built in with parameters): `/sys/module/<module>` exists.
+pub fn module_loaded(module: &str) -> bool {
+    std::path::Path::new("/sys/module").join(module).exists()
 }
 
 /// Runs `modprobe -q`, quietly failing where there is no modprobe or no module.
@@ -79,6 +87,11 @@ pub async fn supports<P: LinkProbe>(probe: &P, kind: TunnelKind, existing: &[&st
         if probe.link_exists(name).await {
             return true;
         }
+    }
+    // A loaded module answers without a process (modprobe) or a probe device (whose removal
+    // waits for an RCU grace period, tens of milliseconds).
+    if probe.module_loaded(kind.module()) {
+        return true;
     }
     if probe.load_module(kind.module()) && kind == TunnelKind::Ipip && probe.link_exists(IPIP_DEVICE).await {
         return true;
@@ -171,7 +184,7 @@ impl CapabilityCache {
 /// Whether a module is loaded (or built in with parameters) or at least loadable, without
 /// loading it: `/sys/module/<m>` or `modprobe --dry-run`.
 fn module_available(module: &str) -> bool {
-    std::path::Path::new("/sys/module").join(module).exists()
+    module_loaded(module)
         || std::process::Command::new("modprobe")
             .args(["-n", "-q", module])
             .stdout(std::process::Stdio::null())
@@ -198,6 +211,7 @@ mod tests {
     struct Fake {
         links: RefCell<Vec<String>>,
         modules: Vec<&'static str>,
+        loaded: Vec<&'static str>,
         create: fn(TunnelKind) -> ProbeOutcome,
         created: RefCell<Vec<TunnelKind>>,
     }
@@ -217,6 +231,9 @@ mod tests {
             }
             ok
         }
+        fn module_loaded(&self, module: &str) -> bool {
+            self.loaded.contains(&module)
+        }
     }
 
     fn run(f: Fake) -> (Capabilities, Vec<TunnelKind>) {
@@ -230,6 +247,7 @@ mod tests {
         let (caps, _) = run(Fake {
             links: RefCell::new(vec![]),
             modules: vec![],
+            loaded: vec![],
             create: |k| match k {
                 TunnelKind::Ipip => ProbeOutcome::Refused("Operation not supported".into()),
                 TunnelKind::Vxlan => ProbeOutcome::Created,
@@ -244,6 +262,20 @@ mod tests {
         let (caps, created) = run(Fake {
             links: RefCell::new(vec!["vxlan.trellis".into()]),
             modules: vec!["ipip"],
+            loaded: vec![],
+            create: |_| ProbeOutcome::Refused("must not be called".into()),
+            created: RefCell::default(),
+        });
+        assert_eq!(caps, Capabilities { ipip: true, vxlan: true });
+        assert!(created.is_empty());
+    }
+
+    #[test]
+    fn a_loaded_module_answers_without_modprobe_or_a_probe_device() {
+        let (caps, created) = run(Fake {
+            links: RefCell::new(vec![]),
+            modules: vec![],
+            loaded: vec!["vxlan", "ipip"],
             create: |_| ProbeOutcome::Refused("must not be called".into()),
             created: RefCell::default(),
         });
@@ -301,6 +333,7 @@ mod tests {
         let (caps, _) = run(Fake {
             links: RefCell::new(vec![]),
             modules: vec![],
+            loaded: vec![],
             create: |k| match k {
                 TunnelKind::Ipip => ProbeOutcome::Exists,
                 TunnelKind::Vxlan => ProbeOutcome::Refused("no".into()),

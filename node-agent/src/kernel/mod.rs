@@ -15,6 +15,7 @@
 pub mod caps;
 pub mod netlink;
 pub mod nft_events;
+pub mod nft_table;
 pub mod privilege;
 pub mod sysctl;
 

@@ -42,7 +42,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 }
 
 /// The table named by one nftables netlink message (header included): (family, name).
-fn table_of(message: &[u8]) -> Option<(u8, String)> {
+pub(crate) fn table_of(message: &[u8]) -> Option<(u8, String)> {
     let kind = u16_at(message, 4)?;
     if kind >> 8 != NFNL_SUBSYS_NFTABLES || kind & 0xff == NFT_MSG_NEWGEN {
         return None;

@@ -100,6 +100,8 @@ pub(super) fn plan(node: &LocalNode, peers: &[Peer], pools: &Pools, vtep: &Local
 /// Who already uses which block, MAC and tunnel IP (first by peer name wins).
 struct Claims {
     blocks: BTreeMap<IpNet, String>,
+    /// The prefix lengths among `blocks` (usually one: the pools' block size).
+    lengths: BTreeSet<u8>,
     macs: BTreeMap<MacAddr, String>,
     tunnel_ips: BTreeMap<IpAddr, String>,
 }
@@ -108,7 +110,12 @@ const THIS_NODE: &str = "this node";
 
 impl Claims {
     fn new(vtep: &LocalVtep) -> Self {
-        let mut c = Self { blocks: BTreeMap::new(), macs: BTreeMap::new(), tunnel_ips: BTreeMap::new() };
+        let mut c = Self {
+            blocks: BTreeMap::new(),
+            lengths: BTreeSet::new(),
+            macs: BTreeMap::new(),
+            tunnel_ips: BTreeMap::new(),
+        };
         c.macs.insert(vtep.mac, THIS_NODE.to_string());
         if let Some(addr) = vtep.tunnel_address {
             c.tunnel_ips.insert(addr, THIS_NODE.to_string());
@@ -116,14 +123,20 @@ impl Claims {
         c
     }
 
+    /// Records `block` as `peer`'s.
+    fn claim_block(&mut self, block: IpNet, peer: &str) {
+        self.lengths.insert(block.prefix_len());
+        self.blocks.insert(block, peer.to_string());
+    }
+
     /// The first claimed block (in block order) of a peer other than `peer` that contains
     /// `block` or lies inside it. Canonical blocks nest or are disjoint, so the candidates are
-    /// `block`'s supernets (one per prefix length) and the claimed blocks whose network address
-    /// lies inside `block`: a few tree lookups instead of a scan of every claim, which made
-    /// planning quadratic in the number of peers.
+    /// `block`'s supernets (one per prefix length some claim has) and the claimed blocks whose
+    /// network address lies inside `block`: a few tree lookups instead of a scan of every
+    /// claim, which made planning quadratic in the number of peers.
     fn nested(&self, block: &IpNet, peer: &str) -> Option<(&IpNet, &String)> {
-        let outer = (0..=block.prefix_len())
-            .filter_map(|len| IpNet::new(block.network(), len).ok())
+        let outer = (self.lengths.range(..=block.prefix_len()))
+            .filter_map(|&len| IpNet::new(block.network(), len).ok())
             .filter_map(|net| self.blocks.get_key_value(&net.trunc()));
         let first = IpNet::new(block.network(), 0).ok()?;
         let last = IpNet::new(block.broadcast(), block.max_prefix_len()).ok()?;
@@ -211,7 +224,7 @@ fn plan_peer(
             }
         }
         if let Some(kind) = route {
-            claims.blocks.insert(block, peer.name.clone());
+            claims.claim_block(block, &peer.name);
             out.routes.insert(block, Route { dst: block, kind });
         }
     }
@@ -328,7 +341,7 @@ mod tests {
             ("g", "fd00::40/122"),
         ];
         for (peer, net) in claimed {
-            claims.blocks.insert(net.parse().unwrap(), peer.to_string());
+            claims.claim_block(net.parse().unwrap(), peer);
         }
         let probes = [
             "10.0.0.0/8",

@@ -332,3 +332,29 @@ fn snapshot_source_probes_a_tunnel_kind_only_when_a_pool_needs_it_and_again_afte
     assert_eq!(pool_error(), None);
     assert_eq!(*kernel.probes.borrow(), vec![Vxlan, Ipip, Ipip, Ipip]);
 }
+
+#[test]
+fn snapshot_file_is_parsed_again_after_every_edit_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshot.yaml");
+    let write = |mtu: u32| {
+        let node = "{name: node1, address: 10.0.1.11/24, uplink: eth0, uplinkMtu: 1500, blocks: [10.244.0.0/26]}";
+        std::fs::write(&path, format!("node: {node}\nmtu: {mtu}\npools: []\n")).unwrap();
+    };
+    let mut source = SnapshotSource::detecting(path.clone());
+    write(1400);
+    assert_eq!(source.load().unwrap().mtu, Some(1400));
+    // Unchanged file: served from what was parsed (marked here to tell it from a new parse).
+    source.parsed.as_mut().unwrap().1.node.name = "parsed-before".into();
+    assert_eq!(source.load().unwrap().node.name, "parsed-before");
+    // An edit of the same size, at once, is read.
+    write(1300);
+    let again = source.load().unwrap();
+    assert_eq!((again.mtu, again.node.name.as_str()), (Some(1300), "node1"));
+    // A replacement by rename too.
+    let other = dir.path().join("other.yaml");
+    std::fs::copy(&path, &other).unwrap();
+    source.parsed.as_mut().unwrap().1.node.name = "parsed-before".into();
+    std::fs::rename(&other, &path).unwrap();
+    assert_eq!(source.load().unwrap().node.name, "node1");
+}

@@ -446,4 +446,8 @@ impl LinkProbe for NetlinkKernel {
     fn load_module(&self, module: &str) -> bool {
         caps::modprobe(module)
     }
+
+    fn module_loaded(&self, module: &str) -> bool {
+        caps::module_loaded(module)
+    }
 }
