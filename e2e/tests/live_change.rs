@@ -278,39 +278,15 @@ struct Row {
     done_after: Duration,
 }
 
-/// The changes involving IPIP, for the full-kernel VM (this host's kernel has no ipip): from
-/// None through IPIP, IPIPCrossSubnet and VXLAN back to None, with the pod MTU going down
-/// (1500 -> 1480 -> 1450) and up again.
+/// The changes involving IPIP, for the full-kernel VM (this host's kernel has no ipip): into
+/// IPIP and back out of it (pod MTU 1500 -> 1480 -> 1500). Two changes only: the VM emulates
+/// its CPU, and `make test-vm` runs every vm_ test in CI.
 const IPIP_CHANGES: &[Change] = &[
     Change {
         name: "None -> IPIP (pod MTU 1500 -> 1480)",
         patch: r#"{"spec":{"ipipMode":"Always"}}"#,
         to: "IPIP/Always",
         cross_subnet: false,
-    },
-    Change {
-        name: "IPIP -> IPIPCrossSubnet",
-        patch: r#"{"spec":{"ipipMode":"CrossSubnet"}}"#,
-        to: "IPIP/CrossSubnet",
-        cross_subnet: true,
-    },
-    Change {
-        name: "IPIPCrossSubnet -> IPIP",
-        patch: r#"{"spec":{"ipipMode":"Always"}}"#,
-        to: "IPIP/Always",
-        cross_subnet: true,
-    },
-    Change {
-        name: "IPIP -> VXLAN (pod MTU 1480 -> 1450)",
-        patch: r#"{"spec":{"ipipMode":"Never","vxlanMode":"Always"}}"#,
-        to: "VXLAN/Always",
-        cross_subnet: true,
-    },
-    Change {
-        name: "VXLAN -> IPIP (pod MTU 1450 -> 1480)",
-        patch: r#"{"spec":{"vxlanMode":"Never","ipipMode":"Always"}}"#,
-        to: "IPIP/Always",
-        cross_subnet: true,
     },
     Change {
         name: "IPIP -> None (pod MTU 1480 -> 1500)",
@@ -412,7 +388,7 @@ fn live_changes_lose_no_packet_with_phases() -> Result<()> {
 }
 
 /// Datagrams per second in the VM, whose CPU is emulated.
-const VM_RATE: u32 = 200;
+const VM_RATE: u32 = 100;
 
 #[test]
 #[ignore = "vm: needs the ipip module (make test-vm VM_TESTS=vm_live_changes)"]
