@@ -342,7 +342,16 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("trellis/agent:0.1.0"));
         assert_eq!(c.command.as_deref(), Some(&["trellis-agent".to_string(), "run".to_string()][..]));
         let names: Vec<&str> = c.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["NODE_NAME", "TRELLIS_CNI_CONF_DIR", "TRELLIS_IPAM_DATA_DIR", "TRELLIS_HEALTH_ADDR", "TRELLIS_SYSCTL_NET_DIR"]);
+        assert_eq!(
+            names,
+            [
+                "NODE_NAME",
+                "TRELLIS_CNI_CONF_DIR",
+                "TRELLIS_IPAM_DATA_DIR",
+                "TRELLIS_HEALTH_ADDR",
+                "TRELLIS_SYSCTL_NET_DIR"
+            ]
+        );
         let node = env_value(c, ENV_NODE_NAME).unwrap();
         assert_eq!(node.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "spec.nodeName");
         assert_eq!(env_value(c, ENV_CNI_CONF_DIR).unwrap().value.as_deref(), Some("/etc/cni/net.d"));
