@@ -20,6 +20,7 @@ pub mod ipam_block;
 pub mod node_network;
 pub mod overlap;
 pub mod selector;
+pub mod watch_backoff;
 
 pub use encap::EncapMode;
 pub use global_network_policy::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};

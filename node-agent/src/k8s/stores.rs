@@ -44,7 +44,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config).backoff(trellis_api::watch_backoff::WatchBackoff::default()).reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;

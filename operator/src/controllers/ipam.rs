@@ -78,21 +78,27 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
     let events = futures::stream::select_all([
         reflector::reflector(
             nodes_w,
-            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc()).default_backoff(),
+            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc())
+                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
         )
         .map_ok(|_| ())
         .boxed(),
-        reflector::reflector(pools_w, watcher(Api::<IPPool>::all(client.clone()), wc()).default_backoff())
-            .map_ok(|_| ())
-            .boxed(),
+        reflector::reflector(
+            pools_w,
+            watcher(Api::<IPPool>::all(client.clone()), wc())
+                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
+        )
+        .map_ok(|_| ())
+        .boxed(),
         reflector::reflector(
             networks_w,
-            watcher(Api::<PartialObjectMeta<NodeNetwork>>::all(client.clone()), wc()).default_backoff(),
+            watcher(Api::<PartialObjectMeta<NodeNetwork>>::all(client.clone()), wc())
+                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
         )
         .map_ok(|_| ())
         .boxed(),
         watcher(Api::<PartialObjectMeta<IPAMBlock>>::all(client.clone()), wc())
-            .default_backoff()
+            .backoff(trellis_api::watch_backoff::WatchBackoff::default())
             .map_ok(|_| ())
             .boxed(),
     ]);

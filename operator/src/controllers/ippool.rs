@@ -65,16 +65,25 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
     let others = futures::stream::select_all([
         reflector::reflector(
             nodes_w,
-            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc()).default_backoff(),
+            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc())
+                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
         )
         .map(|_| ())
         .boxed(),
-        reflector::reflector(networks_w, watcher(Api::<NodeNetwork>::all(client.clone()), wc()).default_backoff())
-            .map(|_| ())
-            .boxed(),
-        reflector::reflector(blocks_w, watcher(Api::<IPAMBlock>::all(client.clone()), wc()).default_backoff())
-            .map(|_| ())
-            .boxed(),
+        reflector::reflector(
+            networks_w,
+            watcher(Api::<NodeNetwork>::all(client.clone()), wc())
+                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
+        )
+        .map(|_| ())
+        .boxed(),
+        reflector::reflector(
+            blocks_w,
+            watcher(Api::<IPAMBlock>::all(client.clone()), wc())
+                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
+        )
+        .map(|_| ())
+        .boxed(),
     ]);
     let controller =
         Controller::new(Api::<IPPool>::all(client), wc()).reconcile_all_on(others).graceful_shutdown_on(stop);
