@@ -27,10 +27,11 @@ use trellis_e2e::agent::{AgentProcess, ClusterAgent};
 use trellis_e2e::apiserver::{ApiServer, unique_name};
 use trellis_e2e::forward::LoopbackForward;
 use trellis_e2e::kapi::PrivateApiServer;
+use trellis_e2e::netstat::Counters;
 use trellis_e2e::operator::OperatorProcess;
 use trellis_e2e::pod::PodInfo;
 use trellis_e2e::probe;
-use trellis_e2e::stream::{Stream, StreamReport};
+use trellis_e2e::stream::{Endpoint, Stream, StreamReport};
 use trellis_e2e::topology::{DEFAULT_POOL, Topology};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -276,17 +277,52 @@ struct Row {
     path: &'static str,
     report: StreamReport,
     done_after: Duration,
+    /// Pod a's namespace counters over the change (both of its streams together).
+    counters: Option<(Counters, Counters)>,
 }
 
+/// The counters of pod a's namespace that tell TCP retransmissions apart, with their labels.
+const RETRANSMIT_COUNTERS: &[(&str, &str)] = &[
+    ("TcpExt:TCPLossProbes", "tail loss probes"),
+    ("TcpExt:TCPTimeouts", "timeouts"),
+    ("TcpExt:TCPSpuriousRTOs", "spurious RTOs"),
+    ("TcpExt:TCPFastRetrans", "fast retransmits"),
+    ("TcpExt:TCPSACKReorder", "SACK reordering"),
+    ("TcpExt:TCPDSACKRecv", "DSACKs received"),
+    ("TcpExt:TCPLostRetransmit", "lost retransmits"),
+    ("IcmpMsg:InType3", "ICMP unreachable in"),
+];
+
 /// The changes involving IPIP, for the full-kernel VM (this host's kernel has no ipip): into
-/// IPIP and back out of it (pod MTU 1500 -> 1480 -> 1500). Two changes only: the VM emulates
-/// its CPU, and `make test-vm` runs every vm_ test in CI.
+/// IPIP, to IPIPCrossSubnet, from there to VXLAN (both modes in one patch), back to IPIP and
+/// out to None — each encapsulation entered and left once, and every change between two
+/// settings that cross subnets measured a→c too (the router forwards IPIP and VXLAN; None
+/// cannot cross). The VM emulates its CPU and `make test-vm` runs every vm_ test in CI, so
+/// the sequence is kept to these five.
 const IPIP_CHANGES: &[Change] = &[
     Change {
         name: "None -> IPIP (pod MTU 1500 -> 1480)",
         patch: r#"{"spec":{"ipipMode":"Always"}}"#,
         to: "IPIP/Always",
         cross_subnet: false,
+    },
+    Change {
+        name: "IPIP -> IPIPCrossSubnet",
+        patch: r#"{"spec":{"ipipMode":"CrossSubnet"}}"#,
+        to: "IPIP/CrossSubnet",
+        cross_subnet: true,
+    },
+    Change {
+        name: "IPIPCrossSubnet -> VXLAN (pod MTU 1480 -> 1450)",
+        patch: r#"{"spec":{"ipipMode":"Never","vxlanMode":"Always"}}"#,
+        to: "VXLAN/Always",
+        cross_subnet: true,
+    },
+    Change {
+        name: "VXLAN -> IPIP (pod MTU 1450 -> 1480)",
+        patch: r#"{"spec":{"ipipMode":"Always","vxlanMode":"Never"}}"#,
+        to: "IPIP/Always",
+        cross_subnet: true,
     },
     Change {
         name: "IPIP -> None (pod MTU 1480 -> 1500)",
@@ -309,14 +345,17 @@ fn run_changes(bed: &Bed, pods: &[PodInfo; 3], changes: &[Change], rate: u32, ph
             s.wait_flowing(probe::scaled(WAIT))
                 .with_context(|| format!("{}: stream {path} does not flow", change.name))?;
         }
+        let before = Counters::read(pods[0].netns()).ok();
         std::thread::sleep(SETTLE);
         let patched = Instant::now();
         bed.kubectl(&["patch", "ippool", &bed.pool, "--type", "merge", "-p", change.patch])?;
         bed.wait_done(change.to, phased).with_context(|| change.name)?;
         let done_after = patched.elapsed();
         std::thread::sleep(SETTLE);
-        for (path, s) in streams {
-            rows.push(Row { change: change.name, phased, path, report: s.stop(), done_after });
+        let reports: Vec<_> = streams.into_iter().map(|(path, s)| (path, s.stop())).collect();
+        let counters = before.zip(Counters::read(pods[0].netns()).ok());
+        for (path, report) in reports {
+            rows.push(Row { change: change.name, phased, path, report, done_after, counters: counters.clone() });
         }
     }
     Ok(rows)
@@ -349,6 +388,40 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
+/// What the TCP retransmissions were: per stream the sender's socket (`TCP_INFO`), per
+/// change pod a's namespace counters (both of its streams).
+fn retransmit_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let labels: Vec<&str> = RETRANSMIT_COUNTERS.iter().map(|(_, l)| *l).collect();
+    let _ = writeln!(
+        out,
+        "| change | phases | path | socket: retransmits: RTO, DSACK, reordering, pmtu | {} |",
+        labels.join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|---|---|{}", "---|".repeat(labels.len()));
+    for r in rows {
+        let socket = r.report.tcp.retransmit_kinds.map(|k| k.breakdown()).unwrap_or_else(|| "?".into());
+        let counters: Vec<String> = RETRANSMIT_COUNTERS
+            .iter()
+            .map(|(name, _)| match &r.counters {
+                Some((before, after)) if r.path == "same subnet" => after.since(before, name).to_string(),
+                Some(_) => String::new(),
+                None => "?".into(),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            r.change,
+            if r.phased { "on" } else { "off" },
+            r.path,
+            socket,
+            counters.join(" | ")
+        );
+    }
+    out
+}
+
 /// Runs `changes` with phases, then without, prints both side by side and fails on any
 /// datagram lost with phases.
 fn measure(tag: &str, changes: &[Change], rate: u32) -> Result<()> {
@@ -371,7 +444,7 @@ fn measure(tag: &str, changes: &[Change], rate: u32) -> Result<()> {
         }
     }
     let table = table(&rows);
-    println!("\n{table}");
+    println!("\n{table}\n{}", retransmit_table(&rows));
     let lost: Vec<String> = rows
         .iter()
         .filter(|r| r.phased && r.report.udp.lost > 0)
