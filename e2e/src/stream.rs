@@ -331,13 +331,18 @@ fn tcp_send(ns: &str, target: SocketAddr, interval: Duration, stop: &AtomicBool)
             }
         }
     }
-    out.retransmits = sender_info(&stream).map(|i| TcpRetransmits::from_info(&i, out.pmtu_at_connect));
+    out.retransmits = sender_info_len(&stream).map(|(i, len)| TcpRetransmits::from_info(&i, len, out.pmtu_at_connect));
     let _ = stream.shutdown(std::net::Shutdown::Both);
     out
 }
 
-/// `TCP_INFO` of a connected socket. Fields newer than the running kernel stay zero.
+/// `TCP_INFO` of a connected socket and how many bytes of it the kernel filled (fields newer
+/// than the running kernel stay zero).
 fn sender_info(stream: &TcpStream) -> Option<libc::tcp_info> {
+    sender_info_len(stream).map(|(info, _)| info)
+}
+
+fn sender_info_len(stream: &TcpStream) -> Option<(libc::tcp_info, usize)> {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -351,7 +356,7 @@ fn sender_info(stream: &TcpStream) -> Option<libc::tcp_info> {
             &mut len,
         )
     };
-    (rc == 0).then_some(info)
+    (rc == 0).then_some((info, len as usize))
 }
 
 /// `tcpi_total_retrans` of a connected socket.
@@ -366,8 +371,8 @@ pub struct TcpRetransmits {
     pub total: u32,
     /// Bytes sent again (`tcpi_bytes_retrans`).
     pub bytes: u64,
-    /// Retransmission timeouts (`tcpi_total_rto`; 0 before Linux 6.7).
-    pub timeouts: u32,
+    /// Retransmission timeouts (`tcpi_total_rto`; `None` before Linux 6.7, which lacks it).
+    pub timeouts: Option<u32>,
     /// Segments the receiver reported as already received (`tcpi_dsack_dups`): spurious
     /// retransmissions (reordering taken for loss, a tail loss probe or a timeout that
     /// fired while the original was still on its way).
@@ -381,11 +386,12 @@ pub struct TcpRetransmits {
 }
 
 impl TcpRetransmits {
-    fn from_info(i: &libc::tcp_info, pmtu_at_connect: Option<u32>) -> TcpRetransmits {
+    fn from_info(i: &libc::tcp_info, len: usize, pmtu_at_connect: Option<u32>) -> TcpRetransmits {
+        let has_rto = len >= std::mem::offset_of!(libc::tcp_info, tcpi_total_rto) + 2;
         TcpRetransmits {
             total: i.tcpi_total_retrans,
             bytes: i.tcpi_bytes_retrans,
-            timeouts: u32::from(i.tcpi_total_rto),
+            timeouts: has_rto.then_some(u32::from(i.tcpi_total_rto)),
             duplicates_reported: i.tcpi_dsack_dups,
             reordering_seen: i.tcpi_reord_seen,
             pmtu_at_connect,
@@ -395,9 +401,10 @@ impl TcpRetransmits {
 
     /// A short breakdown for tables, e.g. `4: 2 RTO, 1 DSACK, reord 1, pmtu 1500→1480`.
     pub fn breakdown(&self) -> String {
+        let timeouts = self.timeouts.map_or("?".to_string(), |n| n.to_string());
         let mut out = format!(
-            "{}: {} RTO, {} DSACK, reord {}",
-            self.total, self.timeouts, self.duplicates_reported, self.reordering_seen
+            "{}: {timeouts} RTO, {} DSACK, reord {}",
+            self.total, self.duplicates_reported, self.reordering_seen
         );
         match self.pmtu_at_connect {
             Some(start) if start != self.pmtu => out.push_str(&format!(", pmtu {start}→{}", self.pmtu)),
