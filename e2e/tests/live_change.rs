@@ -10,7 +10,10 @@
 //! new encapsulation and is Ready. The same changes run twice: with phases (the default) and
 //! with `trellis.dev/live-change: direct` (every agent applies the patch on its own). With
 //! phases, any lost datagram fails the test; the table of both runs is printed
-//! (`cargo test -p trellis-e2e --test live_change -- --ignored --nocapture`).
+//! (`cargo test -p trellis-e2e --test live_change -- --ignored --nocapture`), with a second
+//! one saying what the TCP retransmissions were (the sender's `TCP_INFO`, pod a's namespace
+//! counters). The IPIP changes run in the VM (`vm_…`); lowering the Installation's MTU under
+//! traffic is measured the same way.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
