@@ -206,8 +206,8 @@ struct FixedCapabilities {
 }
 
 impl DesiredSource<NetlinkKernel> for FixedCapabilities {
-    async fn desired(&mut self, kernel: &NetlinkKernel) -> std::result::Result<DesiredState, BoxError> {
+    async fn desired(&mut self, kernel: &NetlinkKernel) -> std::result::Result<std::sync::Arc<DesiredState>, BoxError> {
         let snapshot = Snapshot::from_file(&self.path)?;
-        Ok(reconcile::desired_from_snapshot(kernel, snapshot, self.caps).await?)
+        Ok(std::sync::Arc::new(reconcile::desired_from_snapshot(kernel, snapshot, self.caps).await?))
     }
 }

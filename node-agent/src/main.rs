@@ -240,8 +240,8 @@ async fn apply(path: PathBuf, once: bool, resync_interval: u64) -> anyhow::Resul
     let mut source = SnapshotSource::detecting(path);
     // Fail early on an unreadable snapshot; later passes read it again when it changed and
     // report errors instead.
-    let snapshot = source.load()?;
-    let kernel = NetlinkKernel::new()?.with_vxlan_device(&snapshot.vxlan.device);
+    let device = source.load()?.vxlan.device.clone();
+    let kernel = NetlinkKernel::new()?.with_vxlan_device(&device);
     if once {
         let report = reconcile::pass(&kernel, &mut source, &SystemHost).await?;
         for (pool, error) in &report.pool_errors {

@@ -2,8 +2,10 @@
 //!
 //! Design: one [`pass`] does the whole job from scratch (level-triggered, like flannel's and
 //! Calico's route syncers): it asks a [`DesiredSource`] for the desired state, reads what the
-//! kernel has, applies the diff and syncs the rest, and reports what it did. Nothing is
-//! remembered between passes, so a pass after a crash, an edit or drift is the same code path.
+//! kernel has, applies the diff and syncs the rest, and reports what it did. Nothing about the
+//! kernel is remembered between passes, so a pass after a crash, an edit or drift is the same
+//! code path; only the plan is reused while its inputs are equal ([`PlanMemo`]: planning is
+//! pure). Each pass logs how long each stage took ([`Stages`]).
 //! [`run`] repeats passes on two triggers: a periodic resync (catches anything) and netlink
 //! notifications (links, our routes, neighbours/FDB entries and addresses on our marked
 //! devices, our nftables table; see [`crate::kernel::netlink::subscribe`]) debounced by
@@ -12,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -21,6 +24,7 @@ use crate::kernel::caps::{CapabilityCache, Needs};
 use crate::kernel::netlink::KernelEvent;
 use crate::kernel::{ApplyReport, ChangeFailure, Kernel, KernelError, apply_refusing};
 use crate::model::{Capabilities, Change, CniConfig, DesiredState, NatPlan};
+use crate::plan::PlanMemo;
 use crate::snapshot::{Snapshot, SnapshotError};
 
 pub mod heap;
@@ -45,7 +49,9 @@ pub enum ReconcileError {
 /// Where the desired state comes from (a snapshot file standalone, the API server in-cluster).
 #[allow(async_fn_in_trait)]
 pub trait DesiredSource<K: Kernel> {
-    async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError>;
+    /// The desired state now (shared: a source may hand out the same plan while its inputs
+    /// stay the same, see [`PlanMemo`]).
+    async fn desired(&mut self, kernel: &K) -> Result<Arc<DesiredState>, BoxError>;
 
     /// The configured VXLAN device name, so a device stays found (and is removed) when no
     /// pool uses VXLAN any more. Default: [`DEFAULT_VXLAN_DEVICE`].
@@ -85,6 +91,7 @@ pub struct SnapshotSource {
     pub vxlan_device: String,
     /// The last snapshot parsed and the version of the file it came from.
     parsed: Option<(FileVersion, Snapshot)>,
+    memo: PlanMemo,
 }
 
 /// What tells one version of a file from another without reading it: a write changes the
@@ -99,6 +106,9 @@ struct FileVersion {
 }
 
 impl FileVersion {
+    /// Matches no file: what a read file whose version could not be taken gets.
+    const NONE: FileVersion = FileVersion { dev: 0, inode: 0, len: u64::MAX, mtime: (0, 0), ctime: (0, 0) };
+
     fn of(path: &std::path::Path) -> Option<Self> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).ok()?;
@@ -126,34 +136,42 @@ impl SnapshotSource {
             detected: CapabilityCache::default(),
             vxlan_device: DEFAULT_VXLAN_DEVICE.to_string(),
             parsed: None,
+            memo: PlanMemo::default(),
         }
     }
 
     /// The snapshot in the file, parsed again only when the file changed since the last read
     /// (parsing thousands of peers costs more than the rest of a pass that changes nothing).
-    pub fn load(&mut self) -> Result<Snapshot, SnapshotError> {
-        // The version is taken before the read: a write in between makes the next call read again.
-        let version = FileVersion::of(&self.path);
-        if let (Some(version), Some((seen, snapshot))) = (&version, &self.parsed)
-            && version == seen
-        {
-            return Ok(snapshot.clone());
-        }
-        let snapshot = Snapshot::from_file(&self.path)?;
-        self.parsed = version.map(|v| (v, snapshot.clone()));
-        Ok(snapshot)
+    pub fn load(&mut self) -> Result<&Snapshot, SnapshotError> {
+        load_snapshot(&self.path, &mut self.parsed)
+    }
+}
+
+/// See [`SnapshotSource::load`]; `parsed` is the last file version read and its snapshot.
+fn load_snapshot<'a>(
+    path: &std::path::Path,
+    parsed: &'a mut Option<(FileVersion, Snapshot)>,
+) -> Result<&'a Snapshot, SnapshotError> {
+    // The version is taken before the read: a write in between makes the next call read again.
+    let version = FileVersion::of(path);
+    let fresh = matches!((&version, &*parsed), (Some(version), Some((seen, _))) if version == seen);
+    match (fresh, parsed) {
+        (true, Some((_, snapshot))) => Ok(snapshot),
+        // A file whose version could not be taken is read again next time.
+        (_, slot) => Ok(&slot.insert((version.unwrap_or(FileVersion::NONE), Snapshot::from_file(path)?)).1),
     }
 }
 
 impl<K: Kernel> DesiredSource<K> for SnapshotSource {
-    async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError> {
-        let snapshot = self.load()?;
-        self.vxlan_device = snapshot.vxlan.device.clone();
+    async fn desired(&mut self, kernel: &K) -> Result<Arc<DesiredState>, BoxError> {
+        let snapshot = load_snapshot(&self.path, &mut self.parsed)?;
+        self.vxlan_device.clone_from(&snapshot.vxlan.device);
         let caps = match self.caps {
             Some(caps) => caps,
             None => self.detected.detect(kernel, Needs::of(&snapshot.pools)).await,
         };
-        Ok(desired_from_snapshot(kernel, snapshot, caps).await?)
+        let uplink_mtu = uplink_mtu(kernel, snapshot).await?;
+        Ok(self.memo.plan(snapshot, uplink_mtu, caps)?)
     }
 
     fn vxlan_device(&self) -> &str {
@@ -171,22 +189,30 @@ pub enum SnapshotPlanError {
     Plan(#[from] crate::plan::PlanError),
 }
 
-/// Fills the uplink MTU from the kernel when the snapshot has none, then plans.
+/// The uplink MTU to plan with: the snapshot's, else what the kernel says (`None` when the
+/// kernel cannot say and the snapshot has an explicit pod MTU, which does not need it).
+pub async fn uplink_mtu<K: Kernel>(kernel: &K, snapshot: &Snapshot) -> Result<Option<u32>, SnapshotPlanError> {
+    if snapshot.node.uplink_mtu.is_some() {
+        return Ok(snapshot.node.uplink_mtu);
+    }
+    match kernel.link_mtu(&snapshot.node.uplink).await {
+        Ok(mtu) => Ok(Some(mtu)),
+        Err(e) if snapshot.mtu.is_some() => {
+            tracing::warn!(uplink = %snapshot.node.uplink, error = %e, "uplink MTU unknown");
+            Ok(None)
+        }
+        Err(source) => Err(SnapshotPlanError::UplinkMtu { uplink: snapshot.node.uplink.clone(), source }),
+    }
+}
+
+/// Fills the uplink MTU from the kernel when the snapshot has none, then plans (once; a loop
+/// plans through a [`PlanMemo`]).
 pub async fn desired_from_snapshot<K: Kernel>(
     kernel: &K,
     mut snapshot: Snapshot,
     caps: Capabilities,
 ) -> Result<DesiredState, SnapshotPlanError> {
-    if snapshot.node.uplink_mtu.is_none() {
-        match kernel.link_mtu(&snapshot.node.uplink).await {
-            Ok(mtu) => snapshot.node.uplink_mtu = Some(mtu),
-            // An explicit pod MTU does not need the uplink's.
-            Err(e) if snapshot.mtu.is_some() => {
-                tracing::warn!(uplink = %snapshot.node.uplink, error = %e, "uplink MTU unknown")
-            }
-            Err(source) => return Err(SnapshotPlanError::UplinkMtu { uplink: snapshot.node.uplink.clone(), source }),
-        }
-    }
+    snapshot.node.uplink_mtu = uplink_mtu(kernel, &snapshot).await?;
     Ok(crate::plan::plan(&snapshot, caps)?)
 }
 
@@ -212,6 +238,28 @@ pub struct PassReport {
     pub pool_errors: Vec<(String, String)>,
     /// Why this node has no CNI config (no new pods can start here), if it has none.
     pub cni_unavailable: Option<String>,
+    /// Where the pass spent its time.
+    pub stages: Stages,
+}
+
+/// Wall-clock time of each stage of a pass, in milliseconds (logged with each pass, so a slow
+/// pass says which stage was slow).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stages {
+    /// Desired state: the source's inputs and the plan.
+    pub desired_ms: f64,
+    /// Reading the kernel's state (netlink dumps, decoding).
+    pub read_ms: f64,
+    pub diff_ms: f64,
+    /// Applying the changes (zero requests when there are none).
+    pub apply_ms: f64,
+    /// Sysctls, NAT table, CNI conflist.
+    pub host_ms: f64,
+}
+
+/// Milliseconds since `start`, to 10 µs.
+fn ms_since(start: std::time::Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 1e5).round() / 100.0
 }
 
 impl PassReport {
@@ -270,9 +318,19 @@ pub async fn pass_keeping<K: Kernel, S: DesiredSource<K>, H: Host>(
     host: &H,
     sysctls: &mut SysctlKeeper,
 ) -> Result<PassReport, ReconcileError> {
+    let mut stages = Stages::default();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |stage: &mut f64| {
+        *stage = ms_since(clock);
+        clock = std::time::Instant::now();
+    };
     let desired = source.desired(kernel).await.map_err(ReconcileError::Desired)?;
+    lap(&mut stages.desired_ms);
     let current = kernel.read(vxlan_device(&desired, source.vxlan_device())).await.map_err(ReconcileError::Read)?;
+    lap(&mut stages.read_ms);
     let Diff { changes, conflicts } = diff_with_conflicts(&current, &desired);
+    drop(current);
+    lap(&mut stages.diff_ms);
     // A route that would take over a foreign one is reported per route, like a refusal.
     let refused = conflicts
         .into_iter()
@@ -282,6 +340,7 @@ pub async fn pass_keeping<K: Kernel, S: DesiredSource<K>, H: Host>(
         })
         .collect();
     let mut report = PassReport { kernel: apply_refusing(kernel, &changes, refused).await, ..Default::default() };
+    lap(&mut stages.apply_ms);
 
     // After the devices exist: per-interface sysctls need them.
     let synced = sysctls.sync(kernel, &desired.sysctls);
@@ -305,6 +364,8 @@ pub async fn pass_keeping<K: Kernel, S: DesiredSource<K>, H: Host>(
         }
     }
     report.cni_unavailable = desired.cni.unavailable.clone();
+    lap(&mut stages.host_ms);
+    report.stages = stages;
     for pool in &desired.pools {
         if let Some(error) = &pool.error {
             report.pool_errors.push((pool.name.clone(), error.clone()));
@@ -393,7 +454,7 @@ pub async fn run<K, S, H>(
         let started = std::time::Instant::now();
         let result = pass_keeping(kernel, source, host, &mut sysctls).await;
         // The pass's own duration in ms, to 10 µs (desired state, kernel read, diff, apply, host sync).
-        let took_ms = (started.elapsed().as_secs_f64() * 1e5).round() / 100.0;
+        let took_ms = ms_since(started);
         let applied = result.as_ref().map(|r| r.kernel.applied.clone()).unwrap_or_default();
         // Changes the kernel accepts but that do not read back as applied would be re-applied
         // by every pass, and their echo would trigger the next one: a hot loop. Seen twice in a
@@ -419,9 +480,10 @@ pub async fn run<K, S, H>(
         };
         match &result {
             Ok(report) if report.changes() > 0 || !report.ok() => {
-                tracing::info!(?trigger, counts = ?report.counts(), failed = report.kernel.failed.len(), took_ms, "pass done")
+                tracing::info!(?trigger, counts = ?report.counts(), failed = report.kernel.failed.len(), took_ms,
+                    stages = ?report.stages, "pass done")
             }
-            Ok(_) => tracing::debug!(?trigger, took_ms, "pass done, nothing to change"),
+            Ok(report) => tracing::debug!(?trigger, took_ms, stages = ?report.stages, "pass done, nothing to change"),
             Err(error) => tracing::error!(?trigger, %error, took_ms, "pass failed"),
         }
         on_pass(trigger, &result);

@@ -320,9 +320,9 @@ fn apply_once_converges_and_is_idempotent() {
 fn pass_with_capabilities(ns: &Netns, snapshot: &Path, caps: Capabilities) -> PassReport {
     struct Fixed(PathBuf, Capabilities);
     impl DesiredSource<NetlinkKernel> for Fixed {
-        async fn desired(&mut self, kernel: &NetlinkKernel) -> Result<DesiredState, BoxError> {
+        async fn desired(&mut self, kernel: &NetlinkKernel) -> Result<std::sync::Arc<DesiredState>, BoxError> {
             let snapshot = Snapshot::from_file(&self.0)?;
-            Ok(reconcile::desired_from_snapshot(kernel, snapshot, self.1).await?)
+            Ok(std::sync::Arc::new(reconcile::desired_from_snapshot(kernel, snapshot, self.1).await?))
         }
     }
     ns.block_on(|| async {

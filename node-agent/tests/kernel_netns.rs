@@ -509,8 +509,8 @@ fn sysctls_are_per_namespace() {
 struct Fixed(DesiredState);
 
 impl DesiredSource<NetlinkKernel> for Fixed {
-    async fn desired(&mut self, _kernel: &NetlinkKernel) -> Result<DesiredState, BoxError> {
-        Ok(self.0.clone())
+    async fn desired(&mut self, _kernel: &NetlinkKernel) -> Result<std::sync::Arc<DesiredState>, BoxError> {
+        Ok(std::sync::Arc::new(self.0.clone()))
     }
 }
 

@@ -276,7 +276,7 @@ impl ClusterSide {
         }
         shared.build_error = error;
         if let Some(snapshot) = snapshot
-            && shared.latest.as_ref() != Some(&snapshot)
+            && shared.latest.as_deref() != Some(&snapshot)
         {
             for warning in &snapshot.warnings {
                 tracing::warn!(%warning, "cluster snapshot");
@@ -287,7 +287,7 @@ impl ClusterSide {
                 blocks = snapshot.snapshot.node.blocks.len(),
                 "cluster snapshot changed"
             );
-            shared.latest = Some(snapshot);
+            shared.latest = Some(Arc::new(snapshot));
             changed = true;
         }
         changed

@@ -14,7 +14,8 @@ use super::cluster_snapshot::ClusterSnapshot;
 use crate::kernel::Kernel;
 use crate::kernel::caps::{CapabilityCache, Needs};
 use crate::model::{Capabilities, DesiredState, PoolPlan};
-use crate::reconcile::{BoxError, DesiredSource, desired_from_snapshot};
+use crate::plan::PlanMemo;
+use crate::reconcile::{BoxError, DesiredSource, SnapshotPlanError, uplink_mtu};
 
 /// What the last pass was planned from (for the NodeNetwork status).
 #[derive(Clone, Debug, Default)]
@@ -28,8 +29,8 @@ pub struct Served {
 /// State shared by the cluster side, the source and the status reporter.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// The newest snapshot that could be built.
-    pub latest: Option<ClusterSnapshot>,
+    /// The newest snapshot that could be built (shared with the pass planning from it).
+    pub latest: Option<Arc<ClusterSnapshot>>,
     /// Why the newest rebuild failed (the previous snapshot stays in force).
     pub build_error: Option<String>,
     pub served: Served,
@@ -53,16 +54,17 @@ pub struct ClusterSource {
     /// probe a "no" again on the next pass that needs it (see [`CapabilityCache`]).
     fixed_caps: Option<Capabilities>,
     vxlan_device: String,
+    memo: PlanMemo,
 }
 
 impl ClusterSource {
     pub fn new(shared: Arc<Mutex<Shared>>, fixed_caps: Option<Capabilities>, vxlan_device: String) -> Self {
-        Self { shared, fixed_caps, vxlan_device }
+        Self { shared, fixed_caps, vxlan_device, memo: PlanMemo::default() }
     }
 }
 
 impl<K: Kernel> DesiredSource<K> for ClusterSource {
-    async fn desired(&mut self, kernel: &K) -> Result<DesiredState, BoxError> {
+    async fn desired(&mut self, kernel: &K) -> Result<Arc<DesiredState>, BoxError> {
         let started = Instant::now();
         let latest = lock(&self.shared).latest.clone().ok_or(NoSnapshot)?;
         self.vxlan_device = latest.snapshot.vxlan.device.clone();
@@ -76,15 +78,16 @@ impl<K: Kernel> DesiredSource<K> for ClusterSource {
                 caps
             }
         };
-        let result = desired_from_snapshot(kernel, latest.snapshot, caps).await;
+        let result = match uplink_mtu(kernel, &latest.snapshot).await {
+            Ok(uplink_mtu) => self.memo.plan(&latest.snapshot, uplink_mtu, caps).map_err(SnapshotPlanError::from),
+            Err(e) => Err(e),
+        };
+        let generations = latest.generations.clone();
         let served = match &result {
-            Ok(desired) => Served {
-                started: Some(started),
-                generations: latest.generations,
-                pools: desired.pools.clone(),
-                mtu: Some(desired.mtu),
-            },
-            Err(_) => Served { started: Some(started), generations: latest.generations, ..Default::default() },
+            Ok(desired) => {
+                Served { started: Some(started), generations, pools: desired.pools.clone(), mtu: Some(desired.mtu) }
+            }
+            Err(_) => Served { started: Some(started), generations, ..Default::default() },
         };
         lock(&self.shared).served = served;
         Ok(result?)
@@ -148,7 +151,8 @@ mod tests {
 
     #[test]
     fn a_failed_rebuild_keeps_serving_the_last_good_snapshot_and_records_what_was_served() {
-        let shared = Arc::new(Mutex::new(Shared { latest: Some(snapshot_with_peer()), ..Default::default() }));
+        let shared =
+            Arc::new(Mutex::new(Shared { latest: Some(Arc::new(snapshot_with_peer())), ..Default::default() }));
         let mut source = ClusterSource::new(shared.clone(), Some(Capabilities::default()), "vxlan.trellis".into());
         let kernel = FakeKernel::default();
         let first = rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
@@ -167,7 +171,8 @@ mod tests {
         use crate::kernel::caps::TunnelKind::Vxlan;
         use trellis_api::EncapMode;
         // The pool in `snapshot_with_peer` is unencapsulated: nothing is probed (no modprobe).
-        let shared = Arc::new(Mutex::new(Shared { latest: Some(snapshot_with_peer()), ..Default::default() }));
+        let shared =
+            Arc::new(Mutex::new(Shared { latest: Some(Arc::new(snapshot_with_peer())), ..Default::default() }));
         let mut source = ClusterSource::new(shared.clone(), None, "vxlan.trellis".into());
         let kernel = FakeKernel::default();
         rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
@@ -177,7 +182,7 @@ mod tests {
         // A VXLAN pool: VXLAN is probed once, never ipip, and the NodeNetwork side sees it.
         let mut vxlan = snapshot_with_peer();
         vxlan.snapshot.pools[0].vxlan_mode = EncapMode::Always;
-        lock(&shared).latest = Some(vxlan);
+        lock(&shared).latest = Some(Arc::new(vxlan));
         let desired = rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
         rt().block_on(DesiredSource::desired(&mut source, &kernel)).unwrap();
         assert_eq!(desired.pools[0].error, None);

@@ -16,6 +16,7 @@
 //! Output is sorted everywhere, so identical snapshots give identical plans whatever the
 //! order of their lists.
 
+mod memo;
 mod mtu;
 mod pools;
 mod routes;
@@ -34,6 +35,7 @@ use crate::model::{Capabilities, DesiredState, IPIP_DEVICE, IpipTunnel, MacAddr,
 use crate::snapshot::{CniPlugin, Snapshot};
 use crate::vtep::tunnel_address_for;
 
+pub use memo::PlanMemo;
 use pools::{PoolView, Pools, is_ipip, is_vxlan};
 
 /// A node's tunnel address by convention (Calico's `allowedUses` Tunnel, flannel's choice of

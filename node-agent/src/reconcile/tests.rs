@@ -55,8 +55,8 @@ use ipnet::IpNet;
 struct Fixed(DesiredState);
 
 impl DesiredSource<FakeKernel> for Fixed {
-    async fn desired(&mut self, _kernel: &FakeKernel) -> Result<DesiredState, BoxError> {
-        Ok(self.0.clone())
+    async fn desired(&mut self, _kernel: &FakeKernel) -> Result<std::sync::Arc<DesiredState>, BoxError> {
+        Ok(std::sync::Arc::new(self.0.clone()))
     }
 }
 
@@ -123,8 +123,8 @@ fn refused_change_is_reported_and_others_still_apply() {
 struct Custom(DesiredState);
 
 impl DesiredSource<FakeKernel> for Custom {
-    async fn desired(&mut self, _kernel: &FakeKernel) -> Result<DesiredState, BoxError> {
-        Ok(self.0.clone())
+    async fn desired(&mut self, _kernel: &FakeKernel) -> Result<std::sync::Arc<DesiredState>, BoxError> {
+        Ok(std::sync::Arc::new(self.0.clone()))
     }
     fn vxlan_device(&self) -> &str {
         "vx.custom"
