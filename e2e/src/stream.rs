@@ -566,7 +566,21 @@ pub struct StreamReport {
     pub tcp: TcpReport,
 }
 
+/// Headers of the columns [`StreamReport::cells`] fills, for Markdown tables of reports.
+pub const REPORT_COLUMNS: &str = "sent | lost | reordered | duplicated | longest gap";
+
 impl StreamReport {
+    /// The Markdown cells under [`REPORT_COLUMNS`], e.g. `3489 | 0 | 0 | 0 | 0 ms`.
+    pub fn cells(&self) -> String {
+        let u = &self.udp;
+        format!("{} | {} | {} | {} | {} ms", u.sent, u.lost, u.reordered, u.duplicated, u.longest_gap.as_millis())
+    }
+
+    /// The TCP retransmits cell: the sender's count, `?` when it never connected.
+    pub fn retransmits_cell(&self) -> String {
+        self.tcp.retransmits.map_or_else(|| "?".to_string(), |n| n.to_string())
+    }
+
     /// Datagrams lost among those sent from `offset` (since the stream started) on.
     pub fn lost_after(&self, offset: Duration) -> u64 {
         let interval = Duration::from_nanos(1_000_000_000 / u64::from(self.rate));
@@ -678,5 +692,7 @@ mod tests {
         assert_eq!(report.lost_after(4 * ms), 4, "4, 5, 7, 8");
         assert_eq!(report.lost_after(8 * ms), 1);
         assert_eq!(report.loss_ended_at(), 9 * ms);
+        assert_eq!(report.cells(), "10 | 6 | 0 | 0 | 4 ms");
+        assert_eq!(report.retransmits_cell(), "?", "never connected");
     }
 }

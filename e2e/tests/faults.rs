@@ -27,7 +27,7 @@ use trellis_e2e::cluster::{
 };
 use trellis_e2e::operator::OperatorProcess;
 use trellis_e2e::probe;
-use trellis_e2e::stream::{Stream, StreamReport};
+use trellis_e2e::stream::{REPORT_COLUMNS, Stream, StreamReport};
 
 const POOL: &str = "default-ipv4-ippool";
 const VXLAN_DEV: &str = "vxlan.trellis";
@@ -56,25 +56,17 @@ struct Row {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| fault | path | sent | lost | reordered | duplicated | longest gap | back after | TCP retransmits |"
-    );
+    let _ = writeln!(out, "| fault | path | {REPORT_COLUMNS} | back after | TCP retransmits |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let u = &r.report.udp;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} ms | {:.2} s | {} |",
+            "| {} | {} | {} | {:.2} s | {} |",
             r.fault,
             r.path,
-            u.sent,
-            u.lost,
-            u.reordered,
-            u.duplicated,
-            u.longest_gap.as_millis(),
+            r.report.cells(),
             r.recovered.as_secs_f64(),
-            r.report.tcp.retransmits.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+            r.report.retransmits_cell(),
         );
     }
     out

@@ -34,7 +34,7 @@ use trellis_e2e::netstat::Counters;
 use trellis_e2e::operator::OperatorProcess;
 use trellis_e2e::pod::PodInfo;
 use trellis_e2e::probe;
-use trellis_e2e::stream::{Endpoint, Stream, StreamReport};
+use trellis_e2e::stream::{Endpoint, REPORT_COLUMNS, Stream, StreamReport};
 use trellis_e2e::topology::{DEFAULT_POOL, Topology};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -382,26 +382,18 @@ fn phases(phased: Option<bool>) -> &'static str {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| change | phases | path | sent | lost | reordered | duplicated | longest gap | patch→done | TCP retransmits |"
-    );
+    let _ = writeln!(out, "| change | phases | path | {REPORT_COLUMNS} | patch→done | TCP retransmits |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let u = &r.report.udp;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} ms | {:.1} s | {} |",
+            "| {} | {} | {} | {} | {:.1} s | {} |",
             r.change,
             phases(r.phased),
             r.path,
-            u.sent,
-            u.lost,
-            u.reordered,
-            u.duplicated,
-            u.longest_gap.as_millis(),
+            r.report.cells(),
             r.done_after.as_secs_f64(),
-            r.report.tcp.retransmits.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+            r.report.retransmits_cell(),
         );
     }
     out
