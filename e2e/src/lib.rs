@@ -26,6 +26,7 @@ pub mod forward;
 pub mod kapi;
 pub mod lab;
 pub mod netns;
+pub mod netstat;
 pub mod operator;
 pub mod pod;
 pub mod podman;

@@ -6,7 +6,7 @@
 //!   lowering the rate); a receiver in the destination pod records every arrival;
 //! * **TCP**: one connection from the source pod to the destination pod carrying a counter
 //!   pattern at `rate` KiB/s (1 KiB writes), checked by the receiver; the sender's
-//!   `TCP_INFO` gives the retransmissions.
+//!   `TCP_INFO` gives the retransmissions and what they were ([`TcpRetransmits`]).
 //!
 //! Both ends are threads of this process that joined the pods' network namespaces, so the
 //! probe needs no helper binary and the sockets see exactly the pods' network. Analysis is
@@ -92,7 +92,8 @@ struct UdpSent {
 #[derive(Default)]
 struct TcpSent {
     bytes: u64,
-    retransmits: Option<u32>,
+    retransmits: Option<TcpRetransmits>,
+    pmtu_at_connect: Option<u32>,
     error: Option<String>,
 }
 
@@ -203,7 +204,8 @@ impl Stream {
             tcp: TcpReport {
                 bytes_sent: tcp_sent.bytes,
                 bytes_received: tcp_received.bytes,
-                retransmits: tcp_sent.retransmits,
+                retransmits: tcp_sent.retransmits.map(|r| r.total),
+                retransmit_kinds: tcp_sent.retransmits,
                 longest_stall: tcp_received.longest_stall,
                 corrupt: tcp_received.corrupt,
                 error: tcp_sent.error.or(tcp_received.error),
@@ -296,6 +298,7 @@ fn tcp_send(ns: &str, target: SocketAddr, interval: Duration, stop: &AtomicBool)
         std::thread::sleep(Duration::from_millis(100));
     };
     out.error = None;
+    out.pmtu_at_connect = sender_info(&stream).map(|i| i.tcpi_pmtu);
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
     let started = Instant::now();
@@ -328,13 +331,18 @@ fn tcp_send(ns: &str, target: SocketAddr, interval: Duration, stop: &AtomicBool)
             }
         }
     }
-    out.retransmits = total_retransmits(&stream);
+    out.retransmits = sender_info_len(&stream).map(|(i, len)| TcpRetransmits::from_info(&i, len, out.pmtu_at_connect));
     let _ = stream.shutdown(std::net::Shutdown::Both);
     out
 }
 
-/// `tcpi_total_retrans` of a connected socket.
-pub fn total_retransmits(stream: &TcpStream) -> Option<u32> {
+/// `TCP_INFO` of a connected socket and how many bytes of it the kernel filled (fields newer
+/// than the running kernel stay zero).
+fn sender_info(stream: &TcpStream) -> Option<libc::tcp_info> {
+    sender_info_len(stream).map(|(info, _)| info)
+}
+
+fn sender_info_len(stream: &TcpStream) -> Option<(libc::tcp_info, usize)> {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -348,7 +356,62 @@ pub fn total_retransmits(stream: &TcpStream) -> Option<u32> {
             &mut len,
         )
     };
-    (rc == 0).then_some(info.tcpi_total_retrans)
+    (rc == 0).then_some((info, len as usize))
+}
+
+/// `tcpi_total_retrans` of a connected socket.
+pub fn total_retransmits(stream: &TcpStream) -> Option<u32> {
+    sender_info(stream).map(|i| i.tcpi_total_retrans)
+}
+
+/// The sender's retransmissions and the socket counters that tell their kind apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpRetransmits {
+    /// Segments sent again (`tcpi_total_retrans`).
+    pub total: u32,
+    /// Bytes sent again (`tcpi_bytes_retrans`).
+    pub bytes: u64,
+    /// Retransmission timeouts (`tcpi_total_rto`; `None` before Linux 6.7, which lacks it).
+    pub timeouts: Option<u32>,
+    /// Segments the receiver reported as already received (`tcpi_dsack_dups`): spurious
+    /// retransmissions (reordering taken for loss, a tail loss probe or a timeout that
+    /// fired while the original was still on its way).
+    pub duplicates_reported: u32,
+    /// Times the sender saw its segments arrive out of order (`tcpi_reord_seen`).
+    pub reordering_seen: u32,
+    /// Path MTU when the connection was made and at the end (`tcpi_pmtu`): lower at the end
+    /// when an ICMP "fragmentation needed" lowered it.
+    pub pmtu_at_connect: Option<u32>,
+    pub pmtu: u32,
+}
+
+impl TcpRetransmits {
+    fn from_info(i: &libc::tcp_info, len: usize, pmtu_at_connect: Option<u32>) -> TcpRetransmits {
+        let has_rto = len >= std::mem::offset_of!(libc::tcp_info, tcpi_total_rto) + 2;
+        TcpRetransmits {
+            total: i.tcpi_total_retrans,
+            bytes: i.tcpi_bytes_retrans,
+            timeouts: has_rto.then_some(u32::from(i.tcpi_total_rto)),
+            duplicates_reported: i.tcpi_dsack_dups,
+            reordering_seen: i.tcpi_reord_seen,
+            pmtu_at_connect,
+            pmtu: i.tcpi_pmtu,
+        }
+    }
+
+    /// A short breakdown for tables, e.g. `4: 2 RTO, 1 DSACK, reord 1, pmtu 1500→1480`.
+    pub fn breakdown(&self) -> String {
+        let timeouts = self.timeouts.map_or("?".to_string(), |n| n.to_string());
+        let mut out = format!(
+            "{}: {timeouts} RTO, {} DSACK, reord {}",
+            self.total, self.duplicates_reported, self.reordering_seen
+        );
+        match self.pmtu_at_connect {
+            Some(start) if start != self.pmtu => out.push_str(&format!(", pmtu {start}→{}", self.pmtu)),
+            _ => out.push_str(&format!(", pmtu {}", self.pmtu)),
+        }
+        out
+    }
 }
 
 fn tcp_receive(listener: TcpListener, stop: &AtomicBool) -> TcpReceived {
@@ -482,6 +545,8 @@ pub struct TcpReport {
     pub bytes_received: u64,
     /// `tcpi_total_retrans` of the sender; `None` if never connected.
     pub retransmits: Option<u32>,
+    /// What the retransmissions were; `None` if never connected.
+    pub retransmit_kinds: Option<TcpRetransmits>,
     /// Longest time the receiver waited for data while the sender was sending.
     pub longest_stall: Duration,
     /// The received bytes were not the sent pattern.
