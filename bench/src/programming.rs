@@ -105,10 +105,18 @@ fn agent_apply_once(ns: &str, snapshot: &Path, log: &Path) -> Result<usize> {
     Ok(kernel_changes as usize)
 }
 
-/// `took_ms` of every no-op periodic pass in a running agent's log ("pass done, nothing to
-/// change", trigger Resync), in order; an error if a periodic pass changed something.
-pub fn resync_pass_times(log: &str) -> Result<Vec<Duration>> {
-    let mut times = Vec::new();
+/// One no-op periodic pass as the agent logged it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoOpPass {
+    pub took: Duration,
+    /// Stage name (`read`, `diff`, `desired`, ...) → milliseconds, from the pass's `stages=`.
+    pub stages: Vec<(String, f64)>,
+}
+
+/// Every no-op periodic pass in a running agent's log ("pass done, nothing to change", trigger
+/// Resync), in order; an error if a periodic pass changed something.
+pub fn resync_passes(log: &str) -> Result<Vec<NoOpPass>> {
+    let mut passes = Vec::new();
     for line in log.lines().filter(|l| l.contains("pass done") && l.contains("trigger=Resync")) {
         ensure!(line.contains("nothing to change"), "a periodic pass on a programmed node changed something: {line}");
         let took = line
@@ -116,18 +124,50 @@ pub fn resync_pass_times(log: &str) -> Result<Vec<Duration>> {
             .find_map(|field| field.strip_prefix("took_ms="))
             .with_context(|| format!("no took_ms in {line:?}"))?;
         let ms: f64 = took.parse().with_context(|| format!("took_ms={took}"))?;
-        times.push(Duration::from_secs_f64(ms / 1000.0));
+        passes.push(NoOpPass { took: Duration::from_secs_f64(ms / 1000.0), stages: stages(line) });
     }
-    Ok(times)
+    Ok(passes)
+}
+
+/// `stages=Stages { desired_ms: 0.4, read_ms: 22.0, ... }` → [("desired", 0.4), ("read", 22.0), ...].
+fn stages(line: &str) -> Vec<(String, f64)> {
+    let Some(rest) = line.split_once("stages=Stages {").map(|(_, rest)| rest) else { return Vec::new() };
+    let body = rest.split('}').next().unwrap_or_default();
+    body.split(',')
+        .filter_map(|field| {
+            let (name, value) = field.split_once(':')?;
+            Some((name.trim().strip_suffix("_ms")?.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The median of each stage over `passes`, as "read 20.1, diff 4.2, desired 0.4 ms" (largest first).
+fn stage_medians(passes: &[NoOpPass]) -> String {
+    let mut by_stage: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for pass in passes {
+        for (name, ms) in &pass.stages {
+            by_stage.entry(name).or_default().push(*ms);
+        }
+    }
+    let mut medians: Vec<(&str, f64)> = by_stage
+        .into_iter()
+        .map(|(name, mut values)| {
+            values.sort_by(f64::total_cmp);
+            (name, values[values.len() / 2])
+        })
+        .collect();
+    medians.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let parts: Vec<String> = medians.iter().map(|(name, ms)| format!("{name} {ms:.1}")).collect();
+    format!("{} ms", parts.join(", "))
 }
 
 /// Durations of `passes` no-op periodic passes inside a running agent (`trellis-agent apply`
 /// with a resync every second) on the programmed namespace `ns`, as the agent logs them.
-pub fn running_agent_passes(ns: &str, snapshot: &Path, log: &Path, passes: usize) -> Result<Vec<Duration>> {
+pub fn running_agent_passes(ns: &str, snapshot: &Path, log: &Path, passes: usize) -> Result<Vec<NoOpPass>> {
     let mut agent = AgentProcess::start(ns, "bench-node-0", snapshot, 1, log)?;
     let deadline = Instant::now() + Duration::from_secs(60 + 3 * passes as u64);
     loop {
-        let times = resync_pass_times(&agent.log_text())?;
+        let times = resync_passes(&agent.log_text())?;
         if times.len() >= passes {
             agent.stop();
             return Ok(times[..passes].to_vec());
@@ -238,15 +278,16 @@ pub fn run(report: &mut Report, sizes: &[u32], repetitions: usize, in_loop_peers
             let path = dir.path().join(format!("snapshot-{peers}.yaml"));
             // Three passes prove it works (smoke); ten make a median.
             let passes = if repetitions > 1 { 10 } else { 3 };
-            let mut times = running_agent_passes(node.name(), &path, &log, passes)?;
+            let noop = running_agent_passes(node.name(), &path, &log, passes)?;
+            let mut times: Vec<Duration> = noop.iter().map(|p| p.took).collect();
             let n = times.len();
             let (t, worst) = (median(&mut times), quantile(&mut times, 1.0));
             report.row(Row {
                 figure: format!(
                     "no-op pass inside the running agent, {peers} peers (`trellis-agent apply`, periodic passes; median \
-                     of {n}, from its log)"
+                     of {n}, from its log; median per stage)"
                 ),
-                trellis: format!("{} (max {})", ms(t), ms(worst)),
+                trellis: format!("{} (max {}; {})", ms(t), ms(worst), stage_medians(&noop)),
                 reference: String::new(),
                 ratio: None,
                 goal: "< 50 ms".into(),
@@ -267,11 +308,19 @@ mod tests {
 2026-12-01T19:13:08Z  INFO trellis_agent::reconcile: pass done trigger=Start counts={\"route+\": 3} failed=0 took_ms=120.5
 2026-12-01T19:13:09Z DEBUG trellis_agent::reconcile: pass done, nothing to change trigger=Resync took_ms=12.25
 2026-12-01T19:13:09Z DEBUG trellis_agent::reconcile: pass done, nothing to change trigger=KernelEvent took_ms=9
-2026-12-01T19:13:10Z DEBUG trellis_agent::reconcile: pass done, nothing to change trigger=Resync took_ms=8
+2026-12-01T19:13:10Z DEBUG trellis_agent::reconcile: pass done, nothing to change trigger=Resync took_ms=8 \
+stages=Stages { desired_ms: 0.5, read_ms: 6.25, diff_ms: 1.0, apply_ms: 0.0, host_ms: 0.25 }
+2026-12-01T19:13:11Z DEBUG trellis_agent::reconcile: pass done, nothing to change trigger=Resync took_ms=10 \
+stages=Stages { desired_ms: 0.5, read_ms: 8.25, diff_ms: 1.0, apply_ms: 0.0, host_ms: 0.25 }
 ";
-        assert_eq!(resync_pass_times(log).unwrap(), vec![Duration::from_micros(12_250), Duration::from_millis(8)]);
+        let passes = resync_passes(log).unwrap();
+        let took: Vec<Duration> = passes.iter().map(|p| p.took).collect();
+        assert_eq!(took, vec![Duration::from_micros(12_250), Duration::from_millis(8), Duration::from_millis(10)]);
+        assert!(passes[0].stages.is_empty(), "an older agent logs no stages");
+        assert_eq!(passes[1].stages[1], ("read".to_string(), 6.25));
+        assert_eq!(stage_medians(&passes[1..]), "read 8.2, diff 1.0, desired 0.5, host 0.2, apply 0.0 ms");
         let changed = "x INFO trellis_agent::reconcile: pass done trigger=Resync counts={} failed=0 took_ms=3\n";
-        assert!(resync_pass_times(changed).is_err(), "a periodic pass that changed something is not a no-op");
-        assert!(resync_pass_times("y DEBUG pass done, nothing to change trigger=Resync\n").is_err());
+        assert!(resync_passes(changed).is_err(), "a periodic pass that changed something is not a no-op");
+        assert!(resync_passes("y DEBUG pass done, nothing to change trigger=Resync\n").is_err());
     }
 }
