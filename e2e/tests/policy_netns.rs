@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use trellis_agent::kernel::netlink::host as interfaces;
 use trellis_agent::policy::apply::{Outcome, PolicyTable, Reason};
 use trellis_agent::policy::inputs::{Labels, Protocol};
-use trellis_agent::policy::{LocalPod, NamedPort, Pod, PolicyInputs, compile, interfaces};
+use trellis_agent::policy::{LocalPod, NamedPort, Pod, PolicyInputs, compile};
 use trellis_api::EncapMode::Never;
 use trellis_api::GlobalNetworkPolicy;
 use trellis_e2e::netns;

@@ -57,7 +57,7 @@ fn on_pod_network(pod: &KubePod) -> bool {
 }
 
 /// Builds the inputs for node `node_name`; `host_routes` maps host-route destinations to
-/// interfaces (see [`super::interfaces`]).
+/// interfaces (see [`crate::kernel::netlink::host`]).
 pub fn inputs_from_cluster<'a>(
     node_name: &str,
     pods: impl IntoIterator<Item = &'a KubePod>,

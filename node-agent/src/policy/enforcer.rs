@@ -24,10 +24,10 @@ use super::apply::{Outcome, PolicyTable};
 use super::cluster::inputs_from_cluster;
 use super::compile::compile;
 use super::events::Reporter;
-use super::interfaces::{host_route_interfaces, subscribe_routes};
 use super::problem::Problem;
 use super::ruleset::TABLE;
 use crate::k8s::stores::{ClusterEvent, spawn_reflector};
+use crate::kernel::netlink::host::{host_route_interfaces, subscribe_routes};
 
 /// Quiet time after a change before the next pass (a burst of events costs one pass).
 const DEBOUNCE: Duration = Duration::from_millis(200);

@@ -20,7 +20,6 @@ pub mod enforcer;
 pub mod events;
 pub mod global;
 pub mod inputs;
-pub mod interfaces;
 pub mod kubernetes;
 pub mod label_selector;
 pub mod problem;

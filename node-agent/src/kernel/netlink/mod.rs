@@ -8,6 +8,8 @@
 //!   past a refused change and aggregates the failures ([`crate::kernel::apply`]).
 //! * `events.rs` — notifications that trigger a pass ([`subscribe`]), narrowed by
 //!   [`OwnedLinks`] (pure).
+//! * [`host`] — one-shot reads outside the loop (interfaces for autodetection, host routes
+//!   for the policy enforcer) and route notifications.
 //!
 //! A [`NetlinkKernel`] owns a netlink socket opened in the network namespace of the thread that
 //! created it; tests put that thread in a fresh namespace with `setns()`, the CLI runs under
@@ -19,6 +21,7 @@ pub mod decode;
 pub mod encode;
 mod error;
 mod events;
+pub mod host;
 mod owned_links;
 mod pipeline;
 
