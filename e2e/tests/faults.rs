@@ -260,19 +260,28 @@ fn drift_events(c: &Cluster, node: &str, needle: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The cluster of `spec`, ready, with pods a (node1), b (node2, a's subnet) and d (node3, the
+/// other subnet).
+fn cluster_with_pods(spec: ClusterSpec, started: Instant) -> Result<(Cluster, [PodRef; 3])> {
+    let mut c = Cluster::up(spec)?;
+    c.wait_ready()?;
+    eprintln!("[{:.1?}] cluster ready", started.elapsed());
+    let pods = [
+        c.add_pod("node1", "default", "a", &[])?,
+        c.add_pod("node2", "default", "b", &[])?,
+        c.add_pod("node3", "default", "d", &[])?,
+    ];
+    eprintln!("[{:.1?}] pods running", started.elapsed());
+    Ok((c, pods))
+}
+
 #[test]
 #[ignore = "root: private API server, operator, agents in network namespaces, CNI plugins"]
 fn agent_sigkill_is_adopted_without_flaps_and_hand_deleted_state_comes_back_with_an_event() -> Result<()> {
     let started = Instant::now();
-    let mut c = Cluster::up(ClusterSpec::new("fda"))?;
-    c.wait_ready()?;
-    eprintln!("[{:.1?}] cluster ready", started.elapsed());
-    let a = c.add_pod("node1", "default", "a", &[])?;
-    let b = c.add_pod("node2", "default", "b", &[])?;
-    let d = c.add_pod("node3", "default", "d", &[])?;
+    let (c, [a, b, d]) = cluster_with_pods(ClusterSpec::new("fda"), started)?;
     let pairs = [("same subnet", &a, &b), ("cross subnet", &a, &d)];
     let mut table_rows = Vec::new();
-    eprintln!("[{:.1?}] pods running", started.elapsed());
 
     // The agent of node1 is killed (SIGKILL) and restarted by the kubelet: it adopts the kernel
     // as it is, so nothing Trellis owns is deleted, replaced or re-added.
@@ -428,15 +437,9 @@ fn leader(c: &Cluster) -> Result<Option<String>> {
 fn changes_survive_a_dead_operator_an_api_server_outage_and_a_deleted_node_without_loss() -> Result<()> {
     let replicas = Replicas::default();
     let started = Instant::now();
-    let mut c = Cluster::up(ClusterSpec::new("fdc").operator(Box::new(replicas.clone())))?;
-    c.wait_ready()?;
-    eprintln!("[{:.1?}] cluster ready", started.elapsed());
-    let a = c.add_pod("node1", "default", "a", &[])?;
-    let b = c.add_pod("node2", "default", "b", &[])?;
-    let d = c.add_pod("node3", "default", "d", &[])?;
+    let (mut c, [a, b, d]) = cluster_with_pods(ClusterSpec::new("fdc").operator(Box::new(replicas.clone())), started)?;
     let pairs = [("same subnet", &a, &b), ("cross subnet", &a, &d)];
     let mut table_rows = Vec::new();
-    eprintln!("[{:.1?}] pods running", started.elapsed());
 
     // 1. The leading operator dies in phase Switch (VXLANCrossSubnet -> VXLAN): node3's agent
     // is frozen the moment Switch starts, so the cluster is half-switched while nobody leads.

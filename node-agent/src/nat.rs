@@ -18,11 +18,12 @@
 //!
 //! [`sync`] asks the kernel whether the table exists (one netlink request, see
 //! [`crate::kernel::nft_table`]: no process when there is no table and no NAT); if it does, it
-//! reads it back (`nft -j list table inet trellis`) and compares its content with [`render`]'s in a normalized form (handles and element order ignored). Only when they
-//! differ is the table replaced, in ONE nft transaction: `add table` (so the next command
-//! cannot fail), `delete table` (drops whatever is there, also foreign additions), `add table`
-//! plus the new content. The kernel applies the batch atomically: packets see either the old
-//! table or the new one, never an empty or half-built one. An empty plan removes the table the
+//! reads it back (`nft -j list table inet trellis`) and compares its content with [`render`]'s
+//! in a normalized form (handles and element order ignored). Only when they differ is the table
+//! replaced, in ONE nft transaction: `add table` (so the next command cannot fail), `delete
+//! table` (drops whatever is there, also foreign additions), `add table` plus the new content.
+//! The kernel applies the batch atomically: packets see either the old table or the new one,
+//! never an empty or half-built one. An empty plan removes the table the
 //! same way. Other tables are never read or written. Everything acts on the network namespace
 //! of the calling thread (the `nft` child process inherits it).
 

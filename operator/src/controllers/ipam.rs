@@ -24,12 +24,12 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PartialObjectMeta, PostParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::Notify;
 use trellis_api::ipam_block::block_name;
 use trellis_api::{IPAMBlock, IPAMBlockSpec, IPPool, NodeNetwork};
 
+use super::watch_all;
 use crate::ipam::{self, ReleaseReason};
 use crate::pool_view::{self, NodeLabels, PoolView};
 use crate::{Context, Error, FIELD_MANAGER, Result, Stop};
@@ -74,33 +74,11 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
 
     // The reflectors keep the caches and wake the pass loop; they run in their own task so the
     // caches stay current while a pass awaits the API server.
-    let wc = watcher::Config::default;
     let events = futures::stream::select_all([
-        reflector::reflector(
-            nodes_w,
-            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc())
-                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
-        )
-        .map_ok(|_| ())
-        .boxed(),
-        reflector::reflector(
-            pools_w,
-            watcher(Api::<IPPool>::all(client.clone()), wc())
-                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
-        )
-        .map_ok(|_| ())
-        .boxed(),
-        reflector::reflector(
-            networks_w,
-            watcher(Api::<PartialObjectMeta<NodeNetwork>>::all(client.clone()), wc())
-                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
-        )
-        .map_ok(|_| ())
-        .boxed(),
-        watcher(Api::<PartialObjectMeta<IPAMBlock>>::all(client.clone()), wc())
-            .backoff(trellis_api::watch_backoff::WatchBackoff::default())
-            .map_ok(|_| ())
-            .boxed(),
+        reflector::reflector(nodes_w, watch_all::<PartialObjectMeta<Node>>(&client)).map_ok(|_| ()).boxed(),
+        reflector::reflector(pools_w, watch_all::<IPPool>(&client)).map_ok(|_| ()).boxed(),
+        reflector::reflector(networks_w, watch_all::<PartialObjectMeta<NodeNetwork>>(&client)).map_ok(|_| ()).boxed(),
+        watch_all::<PartialObjectMeta<IPAMBlock>>(&client).map_ok(|_| ()).boxed(),
     ]);
     let notify = changed.clone();
     let watch_task = tokio::spawn(events.for_each(move |event| {

@@ -24,12 +24,13 @@ use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use trellis_api::node_network::AppliedPool;
 use trellis_api::{IPAMBlock, IPPool, IPPoolStatus, NodeNetwork};
 
+use super::watch_all;
 use crate::conditions::{self, Desired};
 use crate::ippool::live_change::{self, LiveEvent, LiveFacts, LiveStep};
 use crate::ippool::{
@@ -58,35 +59,17 @@ struct PoolContext {
 /// Runs the controller until `stop`.
 pub async fn run(ctx: Arc<Context>, stop: Stop) {
     let client = ctx.client.clone();
-    let wc = watcher::Config::default;
     let (nodes, nodes_w) = reflector::store();
     let (networks, networks_w) = reflector::store();
     let (blocks, blocks_w) = reflector::store();
     let others = futures::stream::select_all([
-        reflector::reflector(
-            nodes_w,
-            watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), wc())
-                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
-        )
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            networks_w,
-            watcher(Api::<NodeNetwork>::all(client.clone()), wc())
-                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
-        )
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            blocks_w,
-            watcher(Api::<IPAMBlock>::all(client.clone()), wc())
-                .backoff(trellis_api::watch_backoff::WatchBackoff::default()),
-        )
-        .map(|_| ())
-        .boxed(),
+        reflector::reflector(nodes_w, watch_all::<PartialObjectMeta<Node>>(&client)).map(|_| ()).boxed(),
+        reflector::reflector(networks_w, watch_all::<NodeNetwork>(&client)).map(|_| ()).boxed(),
+        reflector::reflector(blocks_w, watch_all::<IPAMBlock>(&client)).map(|_| ()).boxed(),
     ]);
-    let controller =
-        Controller::new(Api::<IPPool>::all(client), wc()).reconcile_all_on(others).graceful_shutdown_on(stop);
+    let controller = Controller::new(Api::<IPPool>::all(client), watcher::Config::default())
+        .reconcile_all_on(others)
+        .graceful_shutdown_on(stop);
     let pctx = Arc::new(PoolContext { ctx, pools: controller.store(), nodes, networks, blocks });
     super::drive(CONTROLLER, controller.run(reconcile, error_policy, pctx)).await;
 }

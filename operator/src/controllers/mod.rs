@@ -26,6 +26,20 @@ pub async fn run(ctx: Arc<Context>, stop: Stop) {
     );
 }
 
+/// Every `K` in the cluster, watched the operator's way: retried at most every 5 s while the
+/// API server is unreachable ([`trellis_api::watch_backoff::WatchBackoff`]), not kube's 30 s.
+pub fn watch_all<K>(
+    client: &kube::Client,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    use kube::runtime::WatchStreamExt;
+    watcher(kube::Api::<K>::all(client.clone()), watcher::Config::default())
+        .backoff(trellis_api::watch_backoff::WatchBackoff::default())
+}
+
 /// Consumes a controller's result stream: logs each outcome (the runtime already scheduled the
 /// retry through `error_policy`).
 pub async fn drive<K, S>(name: &'static str, results: S)
